@@ -1,0 +1,275 @@
+/*
+ * bosun plugin ABI — the one contract between the bosun host and a module.
+ *
+ * Pure C11 (also valid C++17). A module is a shared object that exports
+ * exactly one symbol:
+ *
+ *     BOSUN_EXPORT const bosun_plugin* bosun_plugin_entry(void);
+ *
+ * returning a pointer to a static descriptor. The host checks the ABI major,
+ * calls `init` with its host-API table, routes calls to the method handlers,
+ * and calls `shutdown` before it unloads the module.
+ *
+ * Three families of names:
+ *   bosun_*            types and constants shared by both sides;
+ *   on_* members       hooks the module implements (in bosun_plugin);
+ *   bosun_host_api     functions the host implements (a table only ever
+ *                      appended to; test `struct_size` before using a
+ *                      function newer than your module's ABI minor, or use
+ *                      BOSUN_HOST_HAS()).
+ *
+ * Rules of the boundary:
+ *   - Only C types cross: pointers + lengths, fixed-width integers, opaque
+ *     handles. No exception may leave a module (plugin.hpp catches them).
+ *   - Whoever allocates frees. Memory handed to a module is BORROWED: valid
+ *     for the duration of the call it is handed in, unless stated otherwise.
+ *     Memory a module hands to the host is COPIED by the host before the
+ *     function returns.
+ *   - Strings are UTF-8, passed as pointer + length, and need not be
+ *     NUL-terminated, unless the field says so.
+ *   - Every struct that crosses the boundary starts with `struct_size`
+ *     (and the descriptor also with `abi_version`) so that either side can
+ *     tell which fields the other one knows.
+ *   - Handlers may run concurrently on several host threads unless their
+ *     method is flagged BOSUN_METHOD_SERIAL. A handler must not block
+ *     forever: long handlers poll `cancelled()`.
+ *   - Static constructors must do no work; all of it happens in `on_init`.
+ */
+#ifndef BOSUN_PLUGIN_H
+#define BOSUN_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- ABI ---- */
+
+/* A change that breaks existing modules bumps the major; the host refuses a
+ * module built for another major. Appending a function to bosun_host_api or
+ * a field to the end of a struct bumps the minor only. */
+#define BOSUN_ABI_MAJOR 1
+#define BOSUN_ABI_MINOR 0
+#define BOSUN_ABI_VERSION (((uint32_t)BOSUN_ABI_MAJOR << 16) | (uint32_t)BOSUN_ABI_MINOR)
+#define BOSUN_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
+#define BOSUN_ABI_MINOR_OF(v) ((uint32_t)(v)&0xFFFFu)
+
+/* The name of the one exported symbol, for loaders. */
+#define BOSUN_PLUGIN_ENTRY_SYMBOL "bosun_plugin_entry"
+
+#if defined(_WIN32)
+#define BOSUN_EXPORT __declspec(dllexport)
+#else
+#define BOSUN_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ------------------------------------------------------------- status ---- */
+
+/* 0 is success; bosun's own codes are negative and fixed forever. */
+typedef int32_t bosun_status;
+
+#define BOSUN_OK 0
+#define BOSUN_ERR_INVALID_ARGUMENT (-1) /* an argument is malformed or out of range */
+#define BOSUN_ERR_NOT_FOUND (-2)        /* no such key, method, plugin or call */
+#define BOSUN_ERR_ABI_MISMATCH (-3)     /* built for another ABI major */
+#define BOSUN_ERR_NOT_APPLICABLE (-4)   /* on_init: module declines to activate here */
+#define BOSUN_ERR_INIT_FAILED (-5)      /* on_init: module could not start */
+#define BOSUN_ERR_CANCELLED (-6)        /* the call was cancelled */
+#define BOSUN_ERR_TIMEOUT (-7)          /* the call outlived its methodTimeout */
+#define BOSUN_ERR_HANDLER (-8)          /* a handler failed; see its error text */
+#define BOSUN_ERR_UNSUPPORTED (-9)      /* the host or module lacks this function */
+#define BOSUN_ERR_IO (-10)              /* a file or socket operation failed */
+#define BOSUN_ERR_STORAGE (-11)         /* the key-value store failed */
+#define BOSUN_ERR_NO_MEMORY (-12)       /* allocation failed */
+#define BOSUN_ERR_CALL_FINISHED (-13)   /* the call already ended; output dropped */
+#define BOSUN_ERR_TOO_LARGE (-14)       /* a value exceeds a configured limit */
+#define BOSUN_ERR_INTERNAL (-15)        /* a bug in bosun; please report it */
+
+/* The name of a status code ("BOSUN_ERR_TIMEOUT"), never NULL. The returned
+ * string is static. */
+static inline const char* bosun_status_name(bosun_status status) {
+  switch (status) {
+    case BOSUN_OK: return "BOSUN_OK";
+    case BOSUN_ERR_INVALID_ARGUMENT: return "BOSUN_ERR_INVALID_ARGUMENT";
+    case BOSUN_ERR_NOT_FOUND: return "BOSUN_ERR_NOT_FOUND";
+    case BOSUN_ERR_ABI_MISMATCH: return "BOSUN_ERR_ABI_MISMATCH";
+    case BOSUN_ERR_NOT_APPLICABLE: return "BOSUN_ERR_NOT_APPLICABLE";
+    case BOSUN_ERR_INIT_FAILED: return "BOSUN_ERR_INIT_FAILED";
+    case BOSUN_ERR_CANCELLED: return "BOSUN_ERR_CANCELLED";
+    case BOSUN_ERR_TIMEOUT: return "BOSUN_ERR_TIMEOUT";
+    case BOSUN_ERR_HANDLER: return "BOSUN_ERR_HANDLER";
+    case BOSUN_ERR_UNSUPPORTED: return "BOSUN_ERR_UNSUPPORTED";
+    case BOSUN_ERR_IO: return "BOSUN_ERR_IO";
+    case BOSUN_ERR_STORAGE: return "BOSUN_ERR_STORAGE";
+    case BOSUN_ERR_NO_MEMORY: return "BOSUN_ERR_NO_MEMORY";
+    case BOSUN_ERR_CALL_FINISHED: return "BOSUN_ERR_CALL_FINISHED";
+    case BOSUN_ERR_TOO_LARGE: return "BOSUN_ERR_TOO_LARGE";
+    case BOSUN_ERR_INTERNAL: return "BOSUN_ERR_INTERNAL";
+    default: return "BOSUN_ERR_UNKNOWN";
+  }
+}
+
+/* -------------------------------------------------------------- types ---- */
+
+/* A borrowed byte string: `data` need not be NUL-terminated. */
+typedef struct bosun_str {
+  const char* data; /* BORROWED; may be NULL when len == 0 */
+  size_t len;
+} bosun_str;
+
+/* Opaque handles, owned by the host. */
+typedef struct bosun_host bosun_host; /* one loaded module instance */
+typedef struct bosun_call bosun_call; /* one running method call */
+
+typedef enum bosun_log_level {
+  BOSUN_LOG_TRACE = 0,
+  BOSUN_LOG_DEBUG = 1,
+  BOSUN_LOG_INFO = 2,
+  BOSUN_LOG_WARN = 3,
+  BOSUN_LOG_ERROR = 4
+} bosun_log_level;
+
+/* What a handler is told about the message it serves. Every field is
+ * BORROWED for the duration of the handler call. */
+typedef struct bosun_request {
+  uint32_t struct_size;  /* sizeof(bosun_request) as the host knows it */
+  bosun_str id;          /* the message id (unique, sortable) */
+  bosun_str from_node;   /* the node that sent the message */
+  bosun_str to_node;     /* this node */
+  bosun_str method;      /* the canonical method name (aliases resolved) */
+  const bosun_str* args; /* methodArgs; a non-string element is given as its JSON text */
+  uint32_t arg_count;
+  uint32_t is_reply;     /* 1 when this message is a reply to one this node sent */
+  bosun_str data;        /* the message's `data` field (a reply's output) */
+  bosun_str message_json; /* the whole message as JSON, for fields not listed here */
+  int64_t timeout_ms;     /* methodTimeout in milliseconds; 0 = none */
+} bosun_request;
+
+/* A handler. Returns BOSUN_OK, or an error after calling set_error() (a
+ * non-OK status without an error text gets a generic one). The call ends
+ * when the handler returns; reply() may be called any number of times
+ * before that, each call sending one reply (streaming). */
+typedef bosun_status (*bosun_on_call)(void* instance, bosun_call* call,
+                                      const bosun_request* request);
+
+#define BOSUN_METHOD_SERIAL 0x1u /* never run two calls of this method at once */
+#define BOSUN_METHOD_REPLY 0x2u  /* a reply method: runs on the node receiving a reply */
+
+typedef struct bosun_method {
+  uint32_t struct_size; /* sizeof(bosun_method) */
+  uint32_t flags;       /* BOSUN_METHOD_* */
+  const char* name;     /* NUL-terminated; one NATS token: [A-Za-z0-9_-]+ */
+  bosun_on_call on_call;
+  const char* help; /* NUL-terminated one-line description; may be NULL */
+} bosun_method;
+
+typedef struct bosun_host_api bosun_host_api;
+
+/* A timer callback, run on a host worker thread. */
+typedef void (*bosun_on_timer)(void* user_data);
+/* Delivers a value: `value` is BORROWED for the callback only. */
+typedef void (*bosun_on_value)(void* user_data, const char* value, size_t len);
+
+/* The module descriptor: static, returned by bosun_plugin_entry(). */
+typedef struct bosun_plugin {
+  uint32_t abi_version; /* BOSUN_ABI_VERSION the module was built with */
+  uint32_t struct_size; /* sizeof(bosun_plugin) */
+  const char* name;     /* NUL-terminated, one NATS token; also the file name */
+  const char* version;  /* NUL-terminated, e.g. "1.2.0" */
+  const char* description; /* NUL-terminated; may be NULL */
+
+  const bosun_method* methods; /* array of method_count, each method_struct_size apart */
+  uint32_t method_count;
+  uint32_t method_struct_size; /* sizeof(bosun_method) */
+
+  /* Start the module. `settings_json` is the extension's settings object
+   * (BORROWED). Store the module's state in *instance (OWNED by the module
+   * until on_shutdown). On failure return BOSUN_ERR_INIT_FAILED, or
+   * BOSUN_ERR_NOT_APPLICABLE to decline activating on this host, and write
+   * the reason (NUL-terminated, truncated to reason_cap) into reason_buf,
+   * which the host owns. `api` and `host` stay valid until on_shutdown
+   * returns. */
+  bosun_status (*on_init)(bosun_host* host, const bosun_host_api* api, bosun_str settings_json,
+                          void** instance, char* reason_buf, size_t reason_cap);
+
+  /* Stop the module: no call of it is running and none will start. Every
+   * timer it started is already cancelled. Must not fail. May be NULL. */
+  void (*on_shutdown)(void* instance);
+
+  /* New settings for the running module (BORROWED). May be NULL: the host
+   * then reports the change as needing a restart of the module. */
+  bosun_status (*on_settings)(void* instance, bosun_str settings_json);
+} bosun_plugin;
+
+/* The host's functions, handed to on_init. Appended to only. */
+struct bosun_host_api {
+  uint32_t abi_version; /* BOSUN_ABI_VERSION the host was built with */
+  uint32_t struct_size; /* sizeof(bosun_host_api) as the host knows it */
+
+  /* Log a line under the module's name. Never log secrets. */
+  void (*log)(bosun_host* host, bosun_log_level level, const char* msg, size_t len);
+
+  /* Send one reply to the call's sender (copied). May be called repeatedly
+   * to stream; returns BOSUN_ERR_CALL_FINISHED after the call ended (timed
+   * out or cancelled). */
+  bosun_status (*reply)(bosun_call* call, const char* data, size_t len);
+
+  /* Set the call's error text (copied); the call's final reply reports it. */
+  bosun_status (*set_error)(bosun_call* call, const char* msg, size_t len);
+
+  /* 1 once the call is cancelled (op_process_stop, methodTimeout, module
+   * drain, host shutdown); long handlers poll it and return. */
+  int32_t (*cancelled)(bosun_call* call);
+
+  /* Originate messages: a JSON array (or one object) of messages with
+   * Steward's field names (copied). fromNode is set to this node. */
+  bosun_status (*send)(bosun_host* host, const char* messages_json, size_t len);
+
+  /* Publish an event named `event` with a JSON object payload (copied). */
+  bosun_status (*emit_event)(bosun_host* host, const char* event, size_t event_len,
+                             const char* payload_json, size_t payload_len);
+
+  /* A key-value store scoped to the module's name, kept across restarts and
+   * updates. Keys up to 511 bytes. kv_get delivers the value through
+   * `on_value` (BORROWED for the callback) or returns BOSUN_ERR_NOT_FOUND. */
+  bosun_status (*kv_put)(bosun_host* host, const char* key, size_t key_len, const char* value,
+                         size_t value_len);
+  bosun_status (*kv_get)(bosun_host* host, const char* key, size_t key_len,
+                         bosun_on_value on_value, void* user_data);
+  bosun_status (*kv_delete)(bosun_host* host, const char* key, size_t key_len);
+
+  /* This node's name and data folder: valid until on_shutdown returns. */
+  bosun_str (*node_name)(bosun_host* host);
+  bosun_str (*data_dir)(bosun_host* host);
+
+  /* The module's current settings (a JSON object), through `on_value`. */
+  bosun_status (*settings_get)(bosun_host* host, bosun_on_value on_value, void* user_data);
+
+  /* Run `on_timer(user_data)` on a worker thread after `delay_ms`, then
+   * every `interval_ms` (0 = once). The host cancels every timer of a
+   * module before on_shutdown. *timer_id receives the timer's id. */
+  bosun_status (*timer_start)(bosun_host* host, uint64_t delay_ms, uint64_t interval_ms,
+                              bosun_on_timer on_timer, void* user_data, uint64_t* timer_id);
+  bosun_status (*timer_cancel)(bosun_host* host, uint64_t timer_id);
+
+  /* Originate messages on behalf of a running call (a file copy's chunks):
+   * the receiver authorizes them as the call's original sender. */
+  bosun_status (*call_send)(bosun_call* call, const char* messages_json, size_t len);
+};
+
+/* True when `api` has the function `member` (appended after the module was
+ * built against an older host, or vice versa). */
+#define BOSUN_HOST_HAS(api, member)                                              \
+  ((api) != NULL && (api)->struct_size >= offsetof(bosun_host_api, member) + sizeof((api)->member) && \
+   (api)->member != NULL)
+
+/* The one symbol a module exports. */
+typedef const bosun_plugin* (*bosun_plugin_entry_fn)(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* BOSUN_PLUGIN_H */
