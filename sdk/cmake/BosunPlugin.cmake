@@ -30,7 +30,12 @@ function(bosun_add_plugin target)
   endif()
   target_compile_options(${target} PRIVATE $<$<COMPILE_LANG_AND_ID:CXX,GNU>:-fno-gnu-unique>)
   if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
-    target_link_options(${target} PRIVATE "LINKER:--no-undefined")
+    # Export bosun_plugin_entry and nothing else, not even the C++ runtime's
+    # weak symbols, so two versions of a module never bind to each other.
+    set(map_file ${CMAKE_CURRENT_BINARY_DIR}/${target}.exports.map)
+    file(WRITE ${map_file} "{ global: bosun_plugin_entry; local: *; };\n")
+    target_link_options(${target} PRIVATE "LINKER:--no-undefined" "LINKER:--version-script=${map_file}")
+    set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS ${map_file})
   endif()
   if(BOSUN_PLUGIN_OUTPUT_DIRECTORY)
     set_target_properties(${target} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${BOSUN_PLUGIN_OUTPUT_DIRECTORY})

@@ -1,0 +1,82 @@
+// The message envelope (DESIGN §4): Steward's field names, parsed and
+// validated with errors that name the message and the field.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bosun::host {
+
+struct Message {
+  // Steward's fields.
+  std::string to_node;
+  std::vector<std::string> to_nodes;  // before fan-out only
+  std::string method;                 // canonical name (aliases resolved)
+  std::vector<std::string> method_args;
+  std::string reply_method;
+  std::vector<std::string> reply_method_args;
+  std::optional<double> ack_timeout;  // seconds
+  std::optional<int> retries;
+  std::optional<double> reply_ack_timeout;
+  std::optional<int> reply_retries;
+  std::optional<double> method_timeout;  // seconds; -1 = no limit
+  std::optional<double> reply_method_timeout;
+  std::string directory;
+  std::string file_name;
+  std::string relay_via_node;
+  std::string relay_reply_method;
+  std::string data;
+
+  // Set by the host.
+  std::string id;  // unique, sortable
+  std::string from_node;
+  int64_t sent_at_ms = 0;  // Unix epoch milliseconds
+  bool is_reply = false;
+
+  // On replies: what the reply answers.
+  std::string in_reply_to;      // the request's id
+  std::string request_method;   // the request's method
+  bool final_reply = true;      // false on every chunk of a stream but the last
+  uint32_t seq = 0;             // chunk number within a stream
+  std::string status;           // "ok" | "error"
+  std::string error;            // error text when status == "error"
+
+  // Fields we do not know, passed through untouched.
+  nlohmann::json extra = nlohmann::json::object();
+};
+
+// Parse error: `what()` names the message index and the field.
+class MessageError : public std::runtime_error {
+ public:
+  MessageError(std::string field, const std::string& what)
+      : std::runtime_error(what), field_(std::move(field)) {}
+  const std::string& field() const noexcept { return field_; }
+
+ private:
+  std::string field_;
+};
+
+// Parses one message object; `where` prefixes errors ("message 2").
+Message parse_message(const nlohmann::json& j, const std::string& where);
+nlohmann::json to_json(const Message& m);
+
+// Canonical method name for a Steward alias ("REQCliCommand" ->
+// "cli_command"); the name itself when it is no alias.
+std::string canonical_method(std::string_view name);
+
+// A new unique id: 48-bit millisecond time + 80 random bits, Crockford
+// base32, 26 characters; sorts by creation time (like a ULID).
+std::string new_message_id();
+
+int64_t now_ms();
+
+// The closest of `candidates` to `word` within edit distance 2, or "".
+std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
+
+}  // namespace bosun::host

@@ -1,0 +1,171 @@
+// The node's durable state (DESIGN §3 KV store, §5 delivery): one LMDB
+// environment at <dataDir>/state holding the plugins' KV entries, the outbox,
+// the inbox (exactly-once) and small host metadata.
+//
+// Every write goes through one writer thread that runs all queued writes in
+// one transaction (group commit). A write completes when it is durable per
+// the sync mode: `always` waits for one fsync per group, `interval` completes
+// at commit (safe against the process being killed) and a timer flushes the
+// environment every sync_interval_ms.
+#pragma once
+
+#include "bosun/host/config.hpp"
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+struct MDB_env;
+struct MDB_txn;
+
+namespace bosun::host {
+
+class Store;
+
+class StoreError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct StoreOptions {
+  SyncMode sync = SyncMode::interval;
+  int64_t sync_interval_ms = 100;
+  int64_t map_size_mb = 1024;
+};
+
+// The named databases of the environment.
+enum class Db { kv, outbox, inbox, meta };
+
+// LMDB's key limit (default build); the KV key is plugin + '\0' + key.
+inline constexpr size_t kMaxKeyBytes = 511;
+
+// Visits one entry; the views are valid for the call only. Return false to stop.
+using EntryVisitor = std::function<bool(std::string_view key, std::string_view value)>;
+
+// The write transaction a submitted write runs in. Only valid inside that
+// write function; a write function may run more than once (it is replayed
+// alone when another write of its group throws), so it must only touch the
+// transaction and its own captures.
+class WriteTxn {
+ public:
+  std::optional<std::string> get(Db db, std::string_view key) const;
+  void put(Db db, std::string_view key, std::string_view value);
+  bool del(Db db, std::string_view key);  // true if the key existed
+  void for_each(Db db, std::string_view prefix, const EntryVisitor& fn) const;
+
+ private:
+  friend class Store;
+  WriteTxn(MDB_txn* txn, const Store& store) : txn_(txn), store_(store) {}
+  MDB_txn* txn_;
+  const Store& store_;
+};
+
+struct InboxResult {
+  bool fresh = false;  // false: the id was seen before (a resent copy)
+  std::string state;   // the entry's state after the call
+};
+
+struct InboxEntry {
+  std::string state;
+  int64_t updated_ms = 0;  // epoch ms of the last state change
+  std::string bytes;
+};
+
+using WriteFn = std::function<void(WriteTxn&)>;
+using DoneFn = std::function<void(std::exception_ptr)>;  // nullptr = durable
+
+class Store {
+ public:
+  Store(const std::filesystem::path& dir, StoreOptions opts);
+  ~Store();  // drains queued writes, syncs, closes
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  const std::filesystem::path& dir() const { return dir_; }
+
+  // Blocks until the write is durable per the sync mode; rethrows what `fn`
+  // or LMDB threw. Must not be called from a completion callback.
+  void write(WriteFn fn);
+  // `done` runs on the writer thread once the write is durable (or failed):
+  // keep it short and never block in it.
+  void write_async(WriteFn fn, DoneFn done);
+
+  std::optional<std::string> get(Db db, std::string_view key) const;
+  void for_each(Db db, std::string_view prefix, const EntryVisitor& fn) const;
+
+  // KV scoped to a plugin.
+  void kv_put(std::string_view plugin, std::string_view key, std::string_view value);
+  std::optional<std::string> kv_get(std::string_view plugin, std::string_view key) const;
+  bool kv_delete(std::string_view plugin, std::string_view key);
+
+  // Outbox: messages this node has accepted and not yet delivered.
+  void outbox_put(std::string_view id, std::string_view bytes);
+  void outbox_put_async(std::string_view id, std::string_view bytes, DoneFn done);
+  bool outbox_remove(std::string_view id);
+  std::vector<std::pair<std::string, std::string>> outbox_list() const;  // in id order
+
+  // Inbox: every message id received, so each runs at most once.
+  InboxResult inbox_record(std::string_view id, std::string_view bytes);
+  void inbox_record_async(std::string_view id, std::string_view bytes,
+                          std::function<void(std::exception_ptr, InboxResult)> done);
+  void inbox_set_state(std::string_view id, std::string_view state);
+  std::optional<InboxEntry> inbox_get(std::string_view id) const;
+  std::vector<std::string> inbox_pending() const;  // ids not "done", in id order
+  size_t inbox_prune(int64_t older_than_ms);       // forgets "done" entries; returns count
+
+  void meta_put(std::string_view key, std::string_view value);
+  std::optional<std::string> meta_get(std::string_view key) const;
+
+  uint64_t syncs() const { return syncs_.load(); }  // mdb_env_sync calls so far
+
+ private:
+  friend class WriteTxn;
+  struct Pending {
+    WriteFn fn;
+    DoneFn done;
+  };
+
+  void writer_loop();
+  void run_group(std::vector<Pending>& group);
+  void sync_loop();
+  void sync_now();
+
+  std::filesystem::path dir_;
+  StoreOptions opts_;
+  MDB_env* env_ = nullptr;
+  std::array<unsigned, 4> dbis_{};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;
+  bool stopping_ = false;
+  std::thread writer_;
+
+  std::mutex sync_mu_;
+  std::condition_variable sync_cv_;
+  bool sync_stopping_ = false;
+  std::thread syncer_;
+
+  std::atomic<uint64_t> commits_{0};
+  std::atomic<uint64_t> synced_commits_{0};
+  std::atomic<uint64_t> syncs_{0};
+};
+
+// Writes and fdatasyncs a small file `samples` times in `dir`; returns the
+// median in microseconds.
+double measure_fsync_p50_us(const std::filesystem::path& dir, int samples);
+
+}  // namespace bosun::host

@@ -1,0 +1,35 @@
+#include "bosun/host/audit.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "bosun/host/message.hpp"
+
+namespace bosun::host {
+
+AuditLog::AuditLog(const std::filesystem::path& file) {
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    throw std::runtime_error("cannot open audit log " + file.string() + ": " + std::strerror(errno));
+  }
+  out_ = ::fdopen(fd, "a");
+}
+
+AuditLog::~AuditLog() {
+  if (out_ != nullptr) std::fclose(out_);
+}
+
+void AuditLog::append(std::string_view kind, const nlohmann::json& message) {
+  nlohmann::json line = {{"t", now_ms()}, {"kind", kind}, {"message", message}};
+  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  text.push_back('\n');
+  std::lock_guard<std::mutex> lock(mu_);
+  std::fwrite(text.data(), 1, text.size(), out_);
+  std::fflush(out_);
+}
+
+}  // namespace bosun::host

@@ -1,0 +1,560 @@
+// Running calls: worker pool, methodTimeout, cancellation, streaming
+// replies; and the bosun_host_api table modules call into.
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "node_impl.hpp"
+
+namespace bosun::host {
+
+namespace {
+
+// A streamed chunk waits this long for the next one (or the end of the call)
+// so that a single-reply call sends one message, not a chunk and an end.
+constexpr auto kFlushDelay = std::chrono::milliseconds(30);
+
+std::string_view sv(const char* p, size_t n) { return p == nullptr ? std::string_view{} : std::string_view{p, n}; }
+
+void flush_pending(const std::shared_ptr<bosun_call>& call) {
+  std::optional<std::string> data;
+  uint32_t seq = 0;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->flush_armed = false;
+    if (call->finished || !call->pending) return;
+    data = std::move(call->pending);
+    call->pending.reset();
+    seq = call->next_seq++;
+  }
+  call->node->send_reply(call->msg, std::move(*data), false, seq, "");
+}
+
+}  // namespace
+
+double effective_timeout_s(const Config& config, const Message& m) {
+  if (m.method_timeout) return *m.method_timeout;
+  return m.is_reply ? config.defaults.reply_method_timeout_s : config.defaults.method_timeout_s;
+}
+
+void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run) {
+  auto call = std::make_shared<bosun_call>();
+  call->node = this;
+  call->entry = entry;
+  call->msg = std::move(m);
+  call->started_ms = now_ms();
+  call->message_json = to_json(call->msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const Message& msg = call->msg;
+  call->args.reserve(msg.method_args.size());
+  for (const auto& a : msg.method_args) call->args.push_back(bosun_str{a.data(), a.size()});
+  double timeout_s = effective_timeout_s(config, msg);
+  bosun_request& r = call->request;
+  r.struct_size = sizeof(bosun_request);
+  r.id = {msg.id.data(), msg.id.size()};
+  r.from_node = {msg.from_node.data(), msg.from_node.size()};
+  r.to_node = {msg.to_node.data(), msg.to_node.size()};
+  r.method = {msg.method.data(), msg.method.size()};
+  r.args = call->args.empty() ? nullptr : call->args.data();
+  r.arg_count = static_cast<uint32_t>(call->args.size());
+  r.is_reply = msg.is_reply ? 1 : 0;
+  r.data = {msg.data.data(), msg.data.size()};
+  r.message_json = {call->message_json.data(), call->message_json.size()};
+  r.timeout_ms = timeout_s < 0 ? 0 : static_cast<int64_t>(std::llround(timeout_s * 1000));
+
+  if (entry.module) {
+    std::lock_guard<std::mutex> lock(entry.module->inflight_mu);
+    ++entry.module->inflight;
+  }
+  {
+    std::lock_guard<std::mutex> lock(calls_mu);
+    running[msg.id] = call;
+  }
+  if (timeout_s > 0) {
+    call->timeout_timer = std::make_unique<asio::steady_timer>(io);
+    asio::post(io, [this, call, timeout_s] {
+      call->timeout_timer->expires_after(std::chrono::milliseconds(std::llround(timeout_s * 1000)));
+      call->timeout_timer->async_wait([this, call](const boost::system::error_code& ec) {
+        if (!ec) expire_call(call);
+      });
+    });
+  }
+  if (inline_run) {
+    run_call(call);
+  } else if (entry.serial) {
+    asio::post(*entry.serial, [this, call] { run_call(call); });
+  } else {
+    asio::post(*pool, [this, call] { run_call(call); });
+  }
+}
+
+void Node::Impl::run_call(const std::shared_ptr<bosun_call>& call) {
+  bosun_status status = BOSUN_OK;
+  if (call->cancelled.load()) {
+    status = BOSUN_ERR_CANCELLED;  // timed out or stopped while queued
+  } else {
+    try {
+      if (call->entry.builtin) {
+        status = call->entry.builtin(call.get());
+      } else {
+        status = call->entry.on_call(call->entry.module->instance, call.get(), &call->request);
+      }
+    } catch (const std::exception& e) {
+      // Only a module that ignores the ABI's no-exceptions rule gets here.
+      std::lock_guard<std::mutex> lock(call->mu);
+      call->error = std::string("handler threw across the ABI: ") + e.what();
+      status = BOSUN_ERR_HANDLER;
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(call->mu);
+      call->error = "handler threw an unknown exception across the ABI";
+      status = BOSUN_ERR_HANDLER;
+    }
+  }
+  finish_call(call, status);
+}
+
+void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status) {
+  std::optional<std::string> data;
+  std::string error;
+  uint32_t seq = 0;
+  bool send = false;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (!call->finished) {
+      call->finished = true;
+      send = true;
+      if (status != BOSUN_OK && call->error.empty()) {
+        call->error = call->msg.method + " failed: " + bosun_status_name(status);
+      }
+      if (status == BOSUN_OK) call->error.clear();
+      error = call->error;
+      data = std::move(call->pending);
+      call->pending.reset();
+      seq = call->next_seq++;
+    }
+  }
+  if (send) {
+    if (!error.empty()) {
+      spdlog::warn("call {} ({} from {}) failed: {}", call->msg.id, call->msg.method,
+                   call->msg.from_node, error);
+    }
+    send_reply(call->msg, data.value_or(""), true, seq, error);
+  }
+  asio::post(io, [call] {
+    if (call->timeout_timer) call->timeout_timer->cancel();
+    if (call->flush_timer) call->flush_timer->cancel();
+  });
+  {
+    std::lock_guard<std::mutex> lock(calls_mu);
+    running.erase(call->msg.id);
+  }
+  if (auto& mod = call->entry.module) {
+    std::lock_guard<std::mutex> lock(mod->inflight_mu);
+    if (--mod->inflight == 0) mod->inflight_cv.notify_all();
+  }
+}
+
+void Node::Impl::expire_call(const std::shared_ptr<bosun_call>& call) {
+  std::optional<std::string> data;
+  uint32_t seq = 0;
+  std::string error;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (call->finished) return;
+    call->finished = true;
+    call->cancelled = true;
+    double t = effective_timeout_s(config, call->msg);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", t);
+    error = call->msg.method + " timed out after " + buf + " s (methodTimeout); the call was cancelled";
+    call->error = error;
+    data = std::move(call->pending);
+    call->pending.reset();
+    seq = call->next_seq++;
+  }
+  spdlog::warn("call {} ({} from {}): {}", call->msg.id, call->msg.method, call->msg.from_node, error);
+  send_reply(call->msg, data.value_or(""), true, seq, error);
+}
+
+bool Node::Impl::cancel_call(const std::string& id) {
+  std::shared_ptr<bosun_call> call;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu);
+    auto it = running.find(id);
+    if (it == running.end()) return false;
+    call = it->second;
+  }
+  call->cancelled = true;
+  return true;
+}
+
+void Node::Impl::send_reply(const Message& req, std::string data, bool final, uint32_t seq,
+                            const std::string& error) {
+  // A reply method's own output goes nowhere: replies never get replies.
+  if (req.is_reply) {
+    if (!error.empty()) {
+      spdlog::error("reply method {} for {} (reply to {}) failed: {}", req.method, req.from_node,
+                    req.in_reply_to, error);
+    }
+    return;
+  }
+  Message r;
+  r.id = new_message_id();
+  r.to_node = req.from_node;
+  r.from_node = config.node.name;
+  r.sent_at_ms = now_ms();
+  r.method = req.reply_method.empty() ? "none" : req.reply_method;
+  r.method_args = req.reply_method_args;
+  r.ack_timeout = req.reply_ack_timeout;
+  r.retries = req.reply_retries;
+  r.method_timeout = req.reply_method_timeout;
+  r.directory = req.directory;
+  r.file_name = req.file_name;
+  r.data = std::move(data);
+  r.is_reply = true;
+  r.in_reply_to = req.id;
+  r.request_method = req.method;
+  r.final_reply = final;
+  r.seq = seq;
+  r.status = error.empty() ? "ok" : "error";
+  r.error = error;
+  route(std::move(r));
+}
+
+nlohmann::json Node::running_calls() const {
+  nlohmann::json out = nlohmann::json::array();
+  int64_t now = now_ms();
+  std::lock_guard<std::mutex> lock(impl_->calls_mu);
+  for (const auto& [id, call] : impl_->running) {
+    out.push_back({{"id", id},
+                   {"method", call->msg.method},
+                   {"fromNode", call->msg.from_node},
+                   {"module", call->entry.module ? call->entry.module->name() : "host"},
+                   {"startedAt", call->started_ms},
+                   {"elapsedMs", now - call->started_ms},
+                   {"cancelled", call->cancelled.load()}});
+  }
+  return out;
+}
+
+void Node::Impl::register_builtins(MethodTable& t) {
+  auto add = [&](const std::string& name, const std::string& help,
+                 std::function<bosun_status(bosun_call*)> fn) {
+    MethodEntry e;
+    e.name = name;
+    e.help = help;
+    e.builtin = std::move(fn);
+    t[name] = std::move(e);
+  };
+  const bosun_host_api* api = host_api_table();
+  auto reply = [api](bosun_call* c, const std::string& s) { api->reply(c, s.data(), s.size()); };
+  auto fail = [api](bosun_call* c, const std::string& s) {
+    api->set_error(c, s.data(), s.size());
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  };
+  add("ping", "answer with pong", [reply](bosun_call* c) {
+    reply(c, "pong");
+    return BOSUN_OK;
+  });
+  add("plugin_list", "every plugin with its version, state and methods", [this, reply](bosun_call* c) {
+    nlohmann::json out = nlohmann::json::array();
+    std::lock_guard<std::mutex> lock(plugins_mu);
+    for (const auto& p : plugin_infos) out.push_back(p.to_json());
+    reply(c, out.dump());
+    return BOSUN_OK;
+  });
+  add("op_process_list", "the calls running on this node", [this, reply](bosun_call* c) {
+    nlohmann::json out = nlohmann::json::array();
+    int64_t now = now_ms();
+    std::lock_guard<std::mutex> lock(calls_mu);
+    for (const auto& [id, call] : running) {
+      if (call.get() == c) continue;
+      out.push_back({{"id", id},
+                     {"method", call->msg.method},
+                     {"fromNode", call->msg.from_node},
+                     {"startedAt", call->started_ms},
+                     {"elapsedMs", now - call->started_ms}});
+    }
+    reply(c, out.dump());
+    return BOSUN_OK;
+  });
+  add("op_process_stop", "cancel a running call: methodArgs [id]", [this, reply, fail](bosun_call* c) {
+    if (c->msg.method_args.size() != 1) {
+      return fail(c, "op_process_stop: methodArgs must be [\"<message id>\"], got " +
+                         std::to_string(c->msg.method_args.size()) + " arguments");
+    }
+    const std::string& id = c->msg.method_args[0];
+    if (!cancel_call(id)) return fail(c, "op_process_stop: no running call with id \"" + id + "\"");
+    reply(c, "cancelled " + id);
+    return BOSUN_OK;
+  });
+}
+
+// ------------------------------------------------------------ host API ----
+
+namespace {
+
+ModuleInstance* mod(bosun_host* h) { return h == nullptr ? nullptr : h->module; }
+
+void api_log(bosun_host* host, bosun_log_level level, const char* msg, size_t len) {
+  auto* m = mod(host);
+  if (m == nullptr) return;
+  auto lvl = level <= BOSUN_LOG_TRACE ? spdlog::level::trace
+             : level == BOSUN_LOG_DEBUG ? spdlog::level::debug
+             : level == BOSUN_LOG_INFO  ? spdlog::level::info
+             : level == BOSUN_LOG_WARN  ? spdlog::level::warn
+                                        : spdlog::level::err;
+  spdlog::log(lvl, "[{}] {}", m->name(), sv(msg, len));
+}
+
+bosun_status api_reply(bosun_call* call, const char* data, size_t len) {
+  if (call == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  auto self = std::shared_ptr<bosun_call>();
+  {
+    std::lock_guard<std::mutex> lock(call->node->calls_mu);
+    auto it = call->node->running.find(call->msg.id);
+    if (it != call->node->running.end() && it->second.get() == call) self = it->second;
+  }
+  std::optional<std::string> previous;
+  uint32_t seq = 0;
+  bool arm = false;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (call->finished) return BOSUN_ERR_CALL_FINISHED;
+    if (call->pending) {
+      previous = std::move(call->pending);
+      seq = call->next_seq++;
+    }
+    call->pending = std::string(sv(data, len));
+    if (!call->flush_armed && self) {
+      call->flush_armed = true;
+      arm = true;
+    }
+  }
+  if (previous) call->node->send_reply(call->msg, std::move(*previous), false, seq, "");
+  if (arm) {
+    auto* node = call->node;
+    asio::post(node->io, [self] {
+      if (!self->flush_timer) self->flush_timer = std::make_unique<asio::steady_timer>(self->node->io);
+      self->flush_timer->expires_after(kFlushDelay);
+      self->flush_timer->async_wait([self](const boost::system::error_code& ec) {
+        if (ec) {
+          std::lock_guard<std::mutex> lock(self->mu);
+          self->flush_armed = false;
+          return;
+        }
+        asio::post(*self->node->pool, [self] { flush_pending(self); });
+      });
+    });
+  }
+  return BOSUN_OK;
+}
+
+bosun_status api_set_error(bosun_call* call, const char* msg, size_t len) {
+  if (call == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  std::lock_guard<std::mutex> lock(call->mu);
+  if (call->finished) return BOSUN_ERR_CALL_FINISHED;
+  call->error.assign(sv(msg, len));
+  return BOSUN_OK;
+}
+
+int32_t api_cancelled(bosun_call* call) {
+  return call == nullptr || call->cancelled.load() || call->node->stopping.load() ? 1 : 0;
+}
+
+bosun_status submit_json(Node::Impl* node, const std::string& who, const char* json, size_t len) {
+  nlohmann::json batch = nlohmann::json::parse(sv(json, len), nullptr, false);
+  if (batch.is_discarded()) {
+    spdlog::error("[{}] send: not valid JSON", who);
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  }
+  SubmitResult r = node->submit(batch, nullptr, "");
+  for (const auto& e : r.errors) spdlog::error("[{}] send: {}", who, e.error);
+  return r.errors.empty() ? BOSUN_OK : BOSUN_ERR_INVALID_ARGUMENT;
+}
+
+bosun_status api_send(bosun_host* host, const char* json, size_t len) {
+  auto* m = mod(host);
+  if (m == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  return submit_json(m->node, m->name(), json, len);
+}
+
+bosun_status api_call_send(bosun_call* call, const char* json, size_t len) {
+  if (call == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  return submit_json(call->node, call->msg.method, json, len);
+}
+
+bosun_status api_emit_event(bosun_host* host, const char* event, size_t event_len,
+                            const char* payload, size_t payload_len) {
+  auto* m = mod(host);
+  if (m == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  std::string name(sv(event, event_len));
+  if (!is_valid_token(name)) return BOSUN_ERR_INVALID_ARGUMENT;
+  nlohmann::json body = payload_len == 0 ? nlohmann::json::object()
+                                         : nlohmann::json::parse(sv(payload, payload_len), nullptr, false);
+  if (body.is_discarded()) return BOSUN_ERR_INVALID_ARGUMENT;
+  m->node->emit_event(name, body);
+  return BOSUN_OK;
+}
+
+bosun_status api_kv_put(bosun_host* host, const char* key, size_t key_len, const char* value,
+                        size_t value_len) {
+  auto* m = mod(host);
+  if (m == nullptr || key_len == 0) return BOSUN_ERR_INVALID_ARGUMENT;
+  try {
+    m->node->store->kv_put(m->name(), sv(key, key_len), sv(value, value_len));
+    return BOSUN_OK;
+  } catch (const std::invalid_argument&) {
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  } catch (const std::exception& e) {
+    spdlog::error("[{}] kv_put: {}", m->name(), e.what());
+    return BOSUN_ERR_STORAGE;
+  }
+}
+
+bosun_status api_kv_get(bosun_host* host, const char* key, size_t key_len, bosun_on_value on_value,
+                        void* user_data) {
+  auto* m = mod(host);
+  if (m == nullptr || key_len == 0 || on_value == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  try {
+    auto v = m->node->store->kv_get(m->name(), sv(key, key_len));
+    if (!v) return BOSUN_ERR_NOT_FOUND;
+    on_value(user_data, v->data(), v->size());
+    return BOSUN_OK;
+  } catch (const std::invalid_argument&) {
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  } catch (const std::exception& e) {
+    spdlog::error("[{}] kv_get: {}", m->name(), e.what());
+    return BOSUN_ERR_STORAGE;
+  }
+}
+
+bosun_status api_kv_delete(bosun_host* host, const char* key, size_t key_len) {
+  auto* m = mod(host);
+  if (m == nullptr || key_len == 0) return BOSUN_ERR_INVALID_ARGUMENT;
+  try {
+    return m->node->store->kv_delete(m->name(), sv(key, key_len)) ? BOSUN_OK : BOSUN_ERR_NOT_FOUND;
+  } catch (const std::invalid_argument&) {
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  } catch (const std::exception& e) {
+    spdlog::error("[{}] kv_delete: {}", m->name(), e.what());
+    return BOSUN_ERR_STORAGE;
+  }
+}
+
+bosun_str api_node_name(bosun_host* host) {
+  auto* m = mod(host);
+  if (m == nullptr) return {nullptr, 0};
+  const auto& n = m->node->config.node.name;
+  return {n.data(), n.size()};
+}
+
+bosun_str api_data_dir(bosun_host* host) {
+  auto* m = mod(host);
+  if (m == nullptr) return {nullptr, 0};
+  const auto& d = m->node->data_dir_text;
+  return {d.data(), d.size()};
+}
+
+bosun_status api_settings_get(bosun_host* host, bosun_on_value on_value, void* user_data) {
+  auto* m = mod(host);
+  if (m == nullptr || on_value == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  std::string copy;
+  {
+    std::lock_guard<std::mutex> lock(m->settings_mu);
+    copy = m->settings_json;
+  }
+  on_value(user_data, copy.data(), copy.size());
+  return BOSUN_OK;
+}
+
+void arm_timer(const std::shared_ptr<ModuleTimer>& t, uint64_t delay_ms, asio::thread_pool& pool) {
+  t->timer.expires_after(std::chrono::milliseconds(delay_ms));
+  t->timer.async_wait([t, &pool](const boost::system::error_code& ec) {
+    if (ec || t->cancelled) return;
+    asio::post(pool, [t, &pool] {
+      {
+        std::lock_guard<std::recursive_mutex> lock(t->run_mu);
+        if (t->cancelled) return;
+        t->fn(t->user_data);
+      }
+      if (t->interval_ms > 0 && !t->cancelled) {
+        asio::post(t->timer.get_executor(), [t, &pool] {
+          if (!t->cancelled) arm_timer(t, t->interval_ms, pool);
+        });
+      }
+    });
+  });
+}
+
+bosun_status api_timer_start(bosun_host* host, uint64_t delay_ms, uint64_t interval_ms,
+                             bosun_on_timer fn, void* user_data, uint64_t* timer_id) {
+  auto* m = mod(host);
+  if (m == nullptr || fn == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  auto t = std::make_shared<ModuleTimer>(m->node->io);
+  t->interval_ms = interval_ms;
+  t->fn = fn;
+  t->user_data = user_data;
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(m->timers_mu);
+    id = m->next_timer_id++;
+    m->timers[id] = t;
+  }
+  if (timer_id != nullptr) *timer_id = id;
+  auto& pool = *m->node->pool;
+  asio::post(m->node->io, [t, delay_ms, &pool] {
+    if (!t->cancelled) arm_timer(t, delay_ms, pool);
+  });
+  return BOSUN_OK;
+}
+
+void cancel_timer(const std::shared_ptr<ModuleTimer>& t) {
+  t->cancelled = true;
+  asio::post(t->timer.get_executor(), [t] { t->timer.cancel(); });
+  // Wait out a callback that is running right now (unless it is ours).
+  std::lock_guard<std::recursive_mutex> lock(t->run_mu);
+}
+
+bosun_status api_timer_cancel(bosun_host* host, uint64_t timer_id) {
+  auto* m = mod(host);
+  if (m == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  std::shared_ptr<ModuleTimer> t;
+  {
+    std::lock_guard<std::mutex> lock(m->timers_mu);
+    auto it = m->timers.find(timer_id);
+    if (it == m->timers.end()) return BOSUN_ERR_NOT_FOUND;
+    t = it->second;
+    m->timers.erase(it);
+  }
+  cancel_timer(t);
+  return BOSUN_OK;
+}
+
+}  // namespace
+
+void ModuleInstance::cancel_timers() {
+  std::map<uint64_t, std::shared_ptr<ModuleTimer>> all;
+  {
+    std::lock_guard<std::mutex> lock(timers_mu);
+    all.swap(timers);
+  }
+  for (auto& [id, t] : all) cancel_timer(t);
+}
+
+const bosun_host_api* host_api_table() {
+  static const bosun_host_api api = {
+      BOSUN_ABI_VERSION, sizeof(bosun_host_api),
+      &api_log,          &api_reply,
+      &api_set_error,    &api_cancelled,
+      &api_send,         &api_emit_event,
+      &api_kv_put,       &api_kv_get,
+      &api_kv_delete,    &api_node_name,
+      &api_data_dir,     &api_settings_get,
+      &api_timer_start,  &api_timer_cancel,
+      &api_call_send,
+  };
+  return &api;
+}
+
+}  // namespace bosun::host

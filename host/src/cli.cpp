@@ -1,0 +1,337 @@
+#include "bosun/host/cli.hpp"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio.hpp>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "bosun/host/client.hpp"
+#include "bosun/host/config.hpp"
+#include "bosun/host/node.hpp"
+
+namespace bosun::host {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+void setup_logging(const std::string& level, const std::string& node) {
+  auto logger = spdlog::stderr_color_mt("bosun");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [" + node + "] %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+Config load_or_exit(const std::string& file) {
+  try {
+    return load_config(file);
+  } catch (const ConfigError& e) {
+    std::cerr << "bosun: config error: " << e.what() << "\n";
+    std::exit(2);
+  }
+}
+
+bool colour() { return ::isatty(1) != 0; }
+
+std::string pad(const std::string& s, size_t w) {
+  return s.size() >= w ? s : s + std::string(w - s.size(), ' ');
+}
+
+void print_table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& r : rows) {
+    if (widths.size() < r.size()) widths.resize(r.size(), 0);
+    for (size_t i = 0; i < r.size(); ++i) widths[i] = std::max(widths[i], r[i].size());
+  }
+  for (size_t n = 0; n < rows.size(); ++n) {
+    std::string line;
+    for (size_t i = 0; i < rows[n].size(); ++i) {
+      line += i + 1 == rows[n].size() ? rows[n][i] : pad(rows[n][i], widths[i] + 2);
+    }
+    if (n == 0 && colour()) line = "\033[1m" + line + "\033[0m";
+    std::cout << line << "\n";
+  }
+}
+
+int cmd_run(const std::string& config_file, const std::string& log_level) {
+  Config cfg = load_or_exit(config_file);
+  setup_logging(log_level.empty() ? cfg.log.level : log_level, cfg.node.name);
+  try {
+    Node node(cfg);
+    node.start();
+    node.run();
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot run: {}", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+int cmd_send(const std::string& config_file, const std::string& file, const std::string& to,
+             const std::string& method, const std::vector<std::string>& args, bool wait,
+             double timeout, bool as_json) {
+  Config cfg = load_or_exit(config_file);
+  json messages;
+  if (!method.empty() || !to.empty()) {
+    if (method.empty() || to.empty()) {
+      std::cerr << "bosun send: --to and --method go together\n";
+      return 2;
+    }
+    json m = {{"method", method}, {"methodArgs", args}};
+    std::vector<std::string> nodes;
+    std::stringstream ss(to);
+    for (std::string n; std::getline(ss, n, ',');) {
+      if (!n.empty()) nodes.push_back(n);
+    }
+    if (nodes.size() == 1) {
+      m["toNode"] = nodes[0];
+    } else {
+      m["toNodes"] = nodes;
+    }
+    if (timeout > 0) m["methodTimeout"] = timeout;
+    messages = json::array({m});
+  } else {
+    std::string text;
+    if (file.empty() || file == "-") {
+      std::stringstream ss;
+      ss << std::cin.rdbuf();
+      text = ss.str();
+    } else {
+      std::ifstream in(file);
+      if (!in) {
+        std::cerr << "bosun send: cannot read " << file << "\n";
+        return 2;
+      }
+      std::stringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+    }
+    try {
+      messages = json::parse(text);
+    } catch (const json::parse_error& e) {
+      std::cerr << "bosun send: " << (file.empty() ? "stdin" : file)
+                << " is not valid JSON: " << e.what() << "\n";
+      return 2;
+    }
+  }
+  json request = {{"op", "send"}, {"messages", messages}, {"wait", wait}};
+  if (timeout > 0) request["timeout"] = timeout + 5;  // let the node's own timeout speak first
+  int failures = 0;
+  int missing = 0;
+  try {
+    NodeClient client(cfg.socket_path());
+    client.request(request, [&](const json& line) {
+      if (as_json) {
+        std::cout << line.dump() << std::endl;
+      }
+      std::string type = line.value("type", "");
+      if (type == "result") {
+        for (const auto& e : line["errors"]) {
+          ++failures;
+          if (!as_json) std::cerr << "rejected: " << e["error"].get<std::string>() << "\n";
+        }
+        if (!as_json && !wait) {
+          for (const auto& a : line["accepted"]) {
+            std::cout << "accepted " << a["id"].get<std::string>() << " -> "
+                      << a["toNode"].get<std::string>() << " " << a["method"].get<std::string>()
+                      << "\n";
+          }
+        }
+      } else if (type == "reply") {
+        bool failed = line.value("status", "ok") == "error";
+        if (failed) ++failures;
+        if (as_json) return true;
+        std::string node = line.value("fromNode", "?");
+        std::string data = line.value("data", "");
+        std::string prefix = colour() ? "\033[36m[" + node + "]\033[0m " : "[" + node + "] ";
+        if (!data.empty()) {
+          std::cout << prefix << data;
+          if (data.back() != '\n') std::cout << "\n";
+        }
+        if (failed) std::cout << prefix << "error: " << line.value("error", "") << "\n";
+        std::cout.flush();
+      } else if (type == "done") {
+        for (const auto& m : line["missing"]) {
+          ++missing;
+          if (!as_json) {
+            std::cerr << "no answer from " << m["toNode"].get<std::string>() << " (message "
+                      << m["id"].get<std::string>() << ") in time\n";
+          }
+        }
+        return false;
+      } else if (type == "error") {
+        ++failures;
+        if (!as_json) std::cerr << "bosun send: " << line.value("error", "") << "\n";
+        return false;
+      }
+      return true;
+    });
+  } catch (const std::exception& e) {
+    std::cerr << "bosun send: " << e.what() << "\n";
+    return 2;
+  }
+  return failures + missing > 0 ? 1 : 0;
+}
+
+int cmd_plugins(const std::string& config_file, bool as_json) {
+  Config cfg = load_or_exit(config_file);
+  json result;
+  try {
+    NodeClient client(cfg.socket_path());
+    client.request({{"op", "plugins"}}, [&](const json& line) {
+      result = line;
+      return false;
+    });
+  } catch (const std::exception& e) {
+    std::cerr << "bosun plugins: " << e.what() << "\n";
+    return 2;
+  }
+  if (as_json) {
+    std::cout << result["plugins"].dump(2) << "\n";
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows{{"NAME", "VERSION", "STATE", "METHODS", "REASON"}};
+  for (const auto& p : result["plugins"]) {
+    std::string methods;
+    for (const auto& m : p["methods"]) methods += (methods.empty() ? "" : ",") + m.get<std::string>();
+    rows.push_back({p["name"], p["version"], p["state"], methods, p.value("reason", "")});
+  }
+  print_table(rows);
+  return 0;
+}
+
+int cmd_watch(const std::string& config_file, const std::vector<std::string>& events) {
+  Config cfg = load_or_exit(config_file);
+  try {
+    NodeClient client(cfg.socket_path());
+    client.request({{"op", "watch"}, {"events", events}}, [&](const json& line) {
+      if (line.value("type", "") == "event") std::cout << line["body"].dump() << std::endl;
+      return true;
+    });
+  } catch (const std::exception& e) {
+    std::cerr << "bosun watch: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
+
+std::string default_node_name() {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  std::string name;
+  for (char c : std::string(host)) {
+    if (c == '.') break;
+    name.push_back(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ? c : '_');
+  }
+  return is_valid_token(name) ? name : "node1";
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  CLI::App app{"bosun: a small, native node agent.\n\nExamples:\n"
+               "  bosun config init bosun.json\n"
+               "  bosun run --config bosun.json\n"
+               "  bosun send --config bosun.json --to ship1 --method ping --wait\n"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("bosun ") + BOSUN_VERSION);
+
+  std::string config_file, log_level, file, to, method;
+  std::vector<std::string> args, events;
+  bool wait = false, as_json = false;
+  double timeout = 0;
+
+  auto* run = app.add_subcommand("run", "Run the node in the foreground.\n"
+                                        "Example: bosun run --config bosun.json");
+  run->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  run->add_option("--log-level", log_level, "trace|debug|info|warn|error|off (overrides log.level)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+
+  auto* send = app.add_subcommand(
+      "send",
+      "Send messages through the local node.\n"
+      "Examples:\n  bosun send --config bosun.json msgs.json\n"
+      "  bosun send --config bosun.json --to ship1,ship2 --method cli_command --wait -- uname -a");
+  send->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  send->add_option("--to", to, "NODE[,NODE...] (with --method)");
+  send->add_option("--method", method, "method to call (with --to)");
+  send->add_flag("--wait", wait, "print each node's reply; exit non-zero if any failed or was late");
+  send->add_option("--timeout", timeout, "seconds to wait for replies (also the methodTimeout with --method)")
+      ->check(CLI::PositiveNumber);
+  send->add_flag("--json", as_json, "machine-readable output: one JSON object per line");
+  send->add_option("file", file, "a JSON file of messages, or - for stdin");
+  send->add_option("args", args, "methodArgs (after --)");
+  send->positionals_at_end();
+
+  auto* plugins = app.add_subcommand("plugins", "List the node's plugins, versions and states.\n"
+                                                "Example: bosun plugins --config bosun.json --json");
+  plugins->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  plugins->add_flag("--json", as_json, "machine-readable output");
+
+  auto* watch = app.add_subcommand("watch", "Print the node's events as they happen.\n"
+                                            "Example: bosun watch --config bosun.json update_result");
+  watch->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  watch->add_option("events", events, "event names to show (default: all)");
+
+  auto* config = app.add_subcommand("config", "Write or check a config file.");
+  config->require_subcommand(1);
+  auto* init = config->add_subcommand("init", "Write a default config.\nExample: bosun config init bosun.json");
+  std::string init_file = "bosun.json", init_name;
+  bool force = false;
+  init->add_option("file", init_file, "where to write it (default bosun.json)");
+  init->add_option("--name", init_name, "node name (default: this host's name)");
+  init->add_flag("--force", force, "overwrite an existing file");
+  auto* check = config->add_subcommand(
+      "check", "Validate a config; names the JSON path of the first error.\n"
+               "Example: bosun config check --config bosun.json");
+  check->add_option("--config", config_file, "config file")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  if (run->parsed()) return cmd_run(config_file, log_level);
+  if (send->parsed()) return cmd_send(config_file, file, to, method, args, wait, timeout, as_json);
+  if (plugins->parsed()) return cmd_plugins(config_file, as_json);
+  if (watch->parsed()) return cmd_watch(config_file, events);
+  if (init->parsed()) {
+    if (fs::exists(init_file) && !force) {
+      std::cerr << "bosun config init: " << init_file << " exists (use --force to overwrite)\n";
+      return 1;
+    }
+    std::string name = init_name.empty() ? default_node_name() : init_name;
+    if (!is_valid_token(name)) {
+      std::cerr << "bosun config init: \"" << name << "\" is not a valid node name\n";
+      return 2;
+    }
+    std::ofstream out(init_file, std::ios::trunc);
+    out << default_config_text(name);
+    if (!out) {
+      std::cerr << "bosun config init: cannot write " << init_file << "\n";
+      return 1;
+    }
+    std::cout << "wrote " << init_file << " (node \"" << name << "\")\n";
+    return 0;
+  }
+  if (check->parsed()) {
+    try {
+      Config c = load_config(config_file);
+      std::cout << "ok: " << config_file << " (node \"" << c.node.name << "\")\n";
+      return 0;
+    } catch (const ConfigError& e) {
+      std::cerr << config_file << ": " << e.what() << "\n";
+      return 1;
+    }
+  }
+  return 2;
+}
+
+}  // namespace bosun::host

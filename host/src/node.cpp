@@ -1,0 +1,292 @@
+// Node lifecycle, the local message API (submit), routing and dispatch.
+#include "bosun/host/node.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <thread>
+
+#include "node_impl.hpp"
+#include "socket_server.hpp"
+
+namespace bosun::host {
+
+namespace fs = std::filesystem;
+
+Node::Impl::Impl(Config cfg) : config(std::move(cfg)) {
+  data_dir_text = config.node.data_dir.string();
+  int workers = config.host.workers;
+  if (workers <= 0) workers = std::max(4, 2 * static_cast<int>(std::thread::hardware_concurrency()));
+  pool = std::make_unique<asio::thread_pool>(static_cast<size_t>(workers));
+  work.emplace(io.get_executor());
+}
+
+Node::Node(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+Node::~Node() {
+  impl_->stopping = true;
+  impl_->io.stop();
+  impl_->shutdown();
+}
+
+const Config& Node::config() const { return impl_->config; }
+const std::string& Node::name() const { return impl_->config.node.name; }
+
+void Node::start() {
+  Impl& d = *impl_;
+  std::error_code ec;
+  fs::create_directories(d.config.node.data_dir, ec);
+  if (ec) {
+    throw std::runtime_error("cannot create node.dataDir " + d.data_dir_text + ": " + ec.message());
+  }
+  ::chmod(d.config.node.data_dir.c_str(), 0700);
+  StoreOptions so;
+  so.sync = d.config.storage.sync;
+  so.sync_interval_ms = d.config.storage.sync_interval_ms;
+  so.map_size_mb = d.config.storage.map_size_mb;
+  d.store = std::make_unique<Store>(d.config.node.data_dir / "state", so);
+  d.audit = std::make_unique<AuditLog>(d.config.node.data_dir / "audit.log");
+  d.load_modules();
+  d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
+  d.signals = std::make_unique<asio::signal_set>(d.io, SIGINT, SIGTERM);
+  d.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    spdlog::info("signal {}: stopping", sig);
+    stop();
+  });
+  spdlog::info("node {} serving on {} ({})", d.config.node.name, d.config.socket_path().string(),
+               d.config.broker.standalone() ? "standalone" : "broker");
+}
+
+void Node::run() {
+  impl_->io.run();
+  impl_->stopping = true;
+  impl_->shutdown();
+}
+
+void Node::stop() {
+  asio::post(impl_->io, [d = impl_.get()] {
+    if (d->socket) d->socket->close();
+    if (d->signals) d->signals->cancel();
+    d->work.reset();
+    d->io.stop();
+  });
+}
+
+void Node::Impl::shutdown() {
+  std::lock_guard<std::mutex> once(shutdown_mu);
+  if (!pool) return;
+  stopping = true;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu);
+    for (auto& [id, call] : running) call->cancelled = true;
+  }
+  unload_all();
+  pool->join();
+  pool.reset();
+  socket.reset();
+  store.reset();
+  audit.reset();
+  spdlog::info("node {} stopped", config.node.name);
+}
+
+SubmitResult Node::submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
+                          const std::string& from_node) {
+  return impl_->submit(batch, std::move(waiter), from_node);
+}
+
+nlohmann::json SubmitResult::to_json() const {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& x : accepted) {
+    a.push_back({{"index", x.index}, {"id", x.id}, {"toNode", x.to_node}, {"method", x.method}});
+  }
+  nlohmann::json e = nlohmann::json::array();
+  for (const auto& x : errors) e.push_back({{"index", x.index}, {"error", x.error}});
+  return {{"accepted", a}, {"errors", e}};
+}
+
+std::string Node::Impl::unknown_method_text(const std::string& method) const {
+  auto t = methods();
+  std::vector<std::string> names;
+  for (const auto& [n, e] : *t) names.push_back(n);
+  std::string near = closest_match(method, names);
+  std::string text = "unknown method \"" + method + "\" on node " + config.node.name;
+  if (!near.empty()) text += " (did you mean \"" + near + "\"?)";
+  return text;
+}
+
+SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
+                                const std::string& from_node) {
+  SubmitResult result;
+  nlohmann::json list = batch;
+  if (list.is_object()) list = nlohmann::json::array({batch});
+  if (!list.is_array()) {
+    result.errors.push_back({0, "expected a JSON array of messages (or one message object)"});
+    return result;
+  }
+  const std::string& self = config.node.name;
+  for (size_t i = 0; i < list.size(); ++i) {
+    std::string where = "message " + std::to_string(i);
+    Message m;
+    try {
+      m = parse_message(list[i], where);
+    } catch (const MessageError& e) {
+      result.errors.push_back({i, e.what()});
+      if (audit) audit->append("rejected", {{"error", e.what()}, {"input", list[i]}});
+      continue;
+    }
+    m.from_node = from_node.empty() ? self : from_node;
+    m.is_reply = false;
+    std::vector<std::string> targets = m.to_nodes;
+    if (!m.to_node.empty() &&
+        std::find(targets.begin(), targets.end(), m.to_node) == targets.end()) {
+      targets.insert(targets.begin(), m.to_node);
+    }
+    for (const auto& target : targets) {
+      std::string error;
+      if (target == self) {
+        auto t = methods();
+        if (t->find(m.method) == t->end()) error = where + ": " + unknown_method_text(m.method);
+      } else if (config.broker.standalone()) {
+        error = where + ": node \"" + target + "\" is unreachable: node " + self +
+                " is standalone (no broker.servers in its config)";
+      }
+      if (!error.empty()) {
+        result.errors.push_back({i, error});
+        if (audit) audit->append("rejected", {{"error", error}, {"input", list[i]}});
+        continue;
+      }
+      Message one = m;
+      one.to_node = target;
+      one.to_nodes.clear();
+      one.id = new_message_id();
+      one.sent_at_ms = now_ms();
+      if (waiter) {
+        std::lock_guard<std::mutex> lock(waiters_mu);
+        waiters[one.id] = waiter;
+      }
+      result.accepted.push_back({i, one.id, target, one.method});
+      if (audit) audit->append("accepted", to_json(one));
+      route(std::move(one));
+    }
+  }
+  return result;
+}
+
+void Node::Impl::route(Message m) {
+  if (m.to_node == config.node.name) {
+    deliver_local(std::move(m));
+    return;
+  }
+  spdlog::error("message {} ({}) for node {} dropped: no broker configured", m.id, m.method,
+                m.to_node);
+}
+
+void Node::Impl::deliver_local(Message m) {
+  if (stopping) {
+    spdlog::warn("message {} ({}) not run: node is stopping", m.id, m.method);
+    return;
+  }
+  if (m.is_reply) {
+    handle_reply(std::move(m));
+  } else {
+    if (audit) audit->append("received", to_json(m));
+    dispatch_request(std::move(m));
+  }
+}
+
+void Node::Impl::dispatch_request(Message m) {
+  auto t = methods();
+  auto it = t->find(m.method);
+  if (it == t->end()) {
+    std::string error = unknown_method_text(m.method);
+    spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
+    send_reply(m, "", true, 0, error);
+    return;
+  }
+  start_call(std::move(m), it->second, false);
+}
+
+void Node::Impl::handle_reply(Message m) {
+  // Put the stream back in order: chunks may arrive out of order, and a
+  // reply method like to_file_append must see them in order.
+  std::vector<Message> ready;
+  std::shared_ptr<Strand> strand;
+  {
+    std::lock_guard<std::mutex> lock(streams_mu);
+    Stream& s = streams[m.in_reply_to];
+    if (!s.strand) s.strand = std::make_shared<Strand>(pool->get_executor());
+    strand = s.strand;
+    if (m.seq < s.next) return;  // a duplicate of one already handled
+    s.held.emplace(m.seq, std::move(m));
+    while (!s.held.empty() && s.held.begin()->first == s.next) {
+      ready.push_back(std::move(s.held.begin()->second));
+      s.held.erase(s.held.begin());
+      ++s.next;
+    }
+    if (!ready.empty() && ready.back().final_reply) streams.erase(ready.back().in_reply_to);
+  }
+  if (ready.empty()) return;
+  asio::post(*strand, [this, ready = std::move(ready)] {
+    for (const auto& r : ready) {
+      if (audit) audit->append("reply", to_json(r));
+      std::shared_ptr<ReplyWaiter> w;
+      {
+        std::lock_guard<std::mutex> lock(waiters_mu);
+        auto it = waiters.find(r.in_reply_to);
+        if (it != waiters.end()) {
+          w = it->second;
+          if (r.final_reply) waiters.erase(it);
+        }
+      }
+      if (w) w->on_reply(r);
+      run_reply_method(r);
+    }
+  });
+}
+
+void Node::Impl::run_reply_method(const Message& m) {
+  // A bare end-of-stream marker carries nothing for a reply method.
+  if (m.data.empty() && m.error.empty()) return;
+  if (m.method == "none") return;
+  Message copy = m;
+  if (!m.error.empty() && copy.data.empty()) copy.data = "error: " + m.error;
+  auto t = methods();
+  auto it = t->find(copy.method);
+  if (it == t->end()) {
+    spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to,
+                  unknown_method_text(copy.method));
+    return;
+  }
+  start_call(std::move(copy), it->second, true);
+}
+
+void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payload) {
+  nlohmann::json body = {{"event", event}, {"node", config.node.name}, {"time", now_ms()},
+                         {"payload", payload}};
+  std::vector<EventListener> ls;
+  {
+    std::lock_guard<std::mutex> lock(events_mu);
+    for (const auto& [id, l] : listeners) ls.push_back(l);
+  }
+  for (const auto& l : ls) l(event, body);
+}
+
+uint64_t Node::add_event_listener(EventListener listener) {
+  std::lock_guard<std::mutex> lock(impl_->events_mu);
+  uint64_t id = impl_->next_listener++;
+  impl_->listeners[id] = std::move(listener);
+  return id;
+}
+
+void Node::remove_event_listener(uint64_t id) {
+  std::lock_guard<std::mutex> lock(impl_->events_mu);
+  impl_->listeners.erase(id);
+}
+
+std::vector<PluginInfo> Node::plugins() const {
+  std::lock_guard<std::mutex> lock(impl_->plugins_mu);
+  return impl_->plugin_infos;
+}
+
+}  // namespace bosun::host

@@ -1,0 +1,191 @@
+// Private to the host: the state behind bosun::host::Node, shared by
+// node.cpp (lifecycle, routing), calls.cpp (calls and the host API table),
+// modules.cpp (loading and unloading modules) and socket_server.cpp.
+#pragma once
+
+#include <bosun/plugin.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "bosun/host/audit.hpp"
+#include "bosun/host/module.hpp"
+#include "bosun/host/node.hpp"
+#include "bosun/host/store.hpp"
+
+namespace bosun::host {
+class ModuleInstance;
+}
+
+// The C handles of plugin.h, defined by the host.
+struct bosun_host {
+  bosun::host::ModuleInstance* module;
+};
+
+namespace bosun::host {
+
+namespace asio = boost::asio;
+using Executor = asio::thread_pool::executor_type;
+using Strand = asio::strand<Executor>;
+
+class SocketServer;
+
+// One module timer; `run_mu` lets timer_cancel wait out a running callback.
+struct ModuleTimer {
+  explicit ModuleTimer(asio::io_context& io) : timer(io) {}
+  asio::steady_timer timer;
+  uint64_t interval_ms = 0;
+  bosun_on_timer fn = nullptr;
+  void* user_data = nullptr;
+  std::recursive_mutex run_mu;
+  std::atomic<bool> cancelled{false};
+};
+
+// One initialised module. Everything it registered (timers, running calls)
+// is owned here, so unloading it leaves nothing behind.
+class ModuleInstance : public std::enable_shared_from_this<ModuleInstance> {
+ public:
+  Node::Impl* node = nullptr;
+  std::unique_ptr<ModuleFile> file;
+  bosun_host handle{this};
+  void* instance = nullptr;
+
+  std::mutex settings_mu;
+  std::string settings_json = "{}";
+
+  std::mutex timers_mu;
+  std::map<uint64_t, std::shared_ptr<ModuleTimer>> timers;
+  uint64_t next_timer_id = 1;
+
+  // Calls that have entered the module and not yet returned.
+  std::mutex inflight_mu;
+  std::condition_variable inflight_cv;
+  int inflight = 0;
+
+  const std::string& name() const { return file->name(); }
+  void cancel_timers();
+};
+
+struct MethodEntry {
+  std::string name;
+  std::string help;
+  uint32_t flags = 0;
+  std::shared_ptr<ModuleInstance> module;  // null for the host's built-ins
+  bosun_on_call on_call = nullptr;
+  std::function<bosun_status(bosun_call*)> builtin;
+  std::shared_ptr<Strand> serial;  // set for BOSUN_METHOD_SERIAL
+};
+using MethodTable = std::unordered_map<std::string, MethodEntry>;
+
+}  // namespace bosun::host
+
+// One running call.
+struct bosun_call {
+  bosun::host::Node::Impl* node = nullptr;
+  bosun::host::MethodEntry entry;
+  bosun::host::Message msg;
+
+  // What the handler sees (bosun_request points into these).
+  std::string message_json;
+  std::vector<bosun_str> args;
+  bosun_request request{};
+
+  std::atomic<bool> cancelled{false};
+  std::mutex mu;
+  bool finished = false;
+  std::string error;
+  std::optional<std::string> pending;  // the newest chunk, not yet sent
+  bool flush_armed = false;
+  uint32_t next_seq = 0;
+  std::unique_ptr<boost::asio::steady_timer> timeout_timer;
+  std::unique_ptr<boost::asio::steady_timer> flush_timer;
+  int64_t started_ms = 0;
+};
+
+namespace bosun::host {
+
+struct Node::Impl {
+  explicit Impl(Config cfg);
+
+  Config config;
+  std::string data_dir_text;
+  asio::io_context io;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::unique_ptr<asio::thread_pool> pool;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<AuditLog> audit;
+  std::unique_ptr<SocketServer> socket;
+  std::unique_ptr<asio::signal_set> signals;
+  std::atomic<bool> stopping{false};
+  std::mutex shutdown_mu;
+
+  // Modules and the method table (copy-on-write: dispatch takes a snapshot).
+  mutable std::mutex plugins_mu;
+  std::vector<PluginInfo> plugin_infos;
+  std::vector<std::shared_ptr<ModuleInstance>> instances;
+  std::shared_ptr<const MethodTable> table = std::make_shared<MethodTable>();
+  std::shared_ptr<const MethodTable> methods() const;
+
+  // Running calls by message id (op_process_list / op_process_stop).
+  mutable std::mutex calls_mu;
+  std::map<std::string, std::shared_ptr<bosun_call>> running;
+
+  // Submitters waiting for replies, by request id.
+  std::mutex waiters_mu;
+  std::unordered_map<std::string, std::shared_ptr<ReplyWaiter>> waiters;
+
+  // Reply streams, put back in seq order and handled one at a time.
+  struct Stream {
+    uint32_t next = 0;
+    std::map<uint32_t, Message> held;
+    std::shared_ptr<Strand> strand;
+  };
+  std::mutex streams_mu;
+  std::unordered_map<std::string, Stream> streams;
+
+  std::mutex events_mu;
+  std::map<uint64_t, EventListener> listeners;
+  uint64_t next_listener = 1;
+
+  // node.cpp
+  SubmitResult submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
+                      const std::string& from_node);
+  void route(Message m);
+  void deliver_local(Message m);
+  void dispatch_request(Message m);
+  void handle_reply(Message m);
+  void run_reply_method(const Message& m);
+  void emit_event(const std::string& event, const nlohmann::json& payload);
+  std::string unknown_method_text(const std::string& method) const;
+  void shutdown();
+
+  // calls.cpp
+  void start_call(Message m, const MethodEntry& entry, bool inline_run);
+  void run_call(const std::shared_ptr<bosun_call>& call);
+  void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
+  void expire_call(const std::shared_ptr<bosun_call>& call);
+  void send_reply(const Message& request, std::string data, bool final, uint32_t seq,
+                  const std::string& error);
+  bool cancel_call(const std::string& id);
+  void register_builtins(MethodTable& table);
+
+  // modules.cpp
+  void load_modules();
+  void unload_all();
+  std::shared_ptr<ModuleInstance> init_module(std::unique_ptr<ModuleFile> file,
+                                              const ExtensionConfig& ext, PluginInfo& info);
+};
+
+const bosun_host_api* host_api_table();
+double effective_timeout_s(const Config& config, const Message& m);
+
+}  // namespace bosun::host
