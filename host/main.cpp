@@ -1,4 +1,6 @@
 // The `bosun` executable: a thin main over the host library.
 #include <bosun/host/cli.hpp>
 
-int main(int argc, char** argv) { return bosun::host::cli_main(argc, argv); }
+int main(int argc, char** argv) {
+  return bosun::host::cli_main(argc, argv);
+}

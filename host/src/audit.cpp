@@ -14,7 +14,8 @@ namespace bosun::host {
 AuditLog::AuditLog(const std::filesystem::path& file) {
   int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0) {
-    throw std::runtime_error("cannot open audit log " + file.string() + ": " + std::strerror(errno));
+    throw std::runtime_error("cannot open audit log " + file.string() + ": " +
+                             std::strerror(errno));
   }
   out_ = ::fdopen(fd, "a");
 }

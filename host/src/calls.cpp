@@ -15,7 +15,9 @@ namespace {
 // so that a single-reply call sends one message, not a chunk and an end.
 constexpr auto kFlushDelay = std::chrono::milliseconds(30);
 
-std::string_view sv(const char* p, size_t n) { return p == nullptr ? std::string_view{} : std::string_view{p, n}; }
+std::string_view sv(const char* p, size_t n) {
+  return p == nullptr ? std::string_view{} : std::string_view{p, n};
+}
 
 void flush_pending(const std::shared_ptr<bosun_call>& call) {
   std::optional<std::string> data;
@@ -38,13 +40,15 @@ double effective_timeout_s(const Config& config, const Message& m) {
   return m.is_reply ? config.defaults.reply_method_timeout_s : config.defaults.method_timeout_s;
 }
 
-void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run) {
+void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked) {
   auto call = std::make_shared<bosun_call>();
   call->node = this;
+  call->tracked = tracked;
   call->entry = entry;
   call->msg = std::move(m);
   call->started_ms = now_ms();
-  call->message_json = to_json(call->msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  call->message_json =
+      to_json(call->msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   const Message& msg = call->msg;
   call->args.reserve(msg.method_args.size());
   for (const auto& a : msg.method_args) call->args.push_back(bosun_str{a.data(), a.size()});
@@ -90,6 +94,15 @@ void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run
 
 void Node::Impl::run_call(const std::shared_ptr<bosun_call>& call) {
   bosun_status status = BOSUN_OK;
+  if (call->tracked && !call->cancelled.load()) {
+    try {
+      mark_running(call->msg.id);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(call->mu);
+      call->error = std::string("cannot record the call as running: ") + e.what();
+      call->cancelled = true;
+    }
+  }
   if (call->cancelled.load()) {
     status = BOSUN_ERR_CANCELLED;  // timed out or stopped while queued
   } else {
@@ -133,6 +146,13 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
       seq = call->next_seq++;
     }
   }
+  if (call->tracked) {
+    try {
+      mark_done(call->msg.id);
+    } catch (const std::exception& e) {
+      spdlog::error("call {}: cannot record it as done: {}", call->msg.id, e.what());
+    }
+  }
   if (send) {
     if (!error.empty()) {
       spdlog::warn("call {} ({} from {}) failed: {}", call->msg.id, call->msg.method,
@@ -166,13 +186,15 @@ void Node::Impl::expire_call(const std::shared_ptr<bosun_call>& call) {
     double t = effective_timeout_s(config, call->msg);
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g", t);
-    error = call->msg.method + " timed out after " + buf + " s (methodTimeout); the call was cancelled";
+    error =
+        call->msg.method + " timed out after " + buf + " s (methodTimeout); the call was cancelled";
     call->error = error;
     data = std::move(call->pending);
     call->pending.reset();
     seq = call->next_seq++;
   }
-  spdlog::warn("call {} ({} from {}): {}", call->msg.id, call->msg.method, call->msg.from_node, error);
+  spdlog::warn("call {} ({} from {}): {}", call->msg.id, call->msg.method, call->msg.from_node,
+               error);
   send_reply(call->msg, data.value_or(""), true, seq, error);
 }
 
@@ -256,13 +278,14 @@ void Node::Impl::register_builtins(MethodTable& t) {
     reply(c, "pong");
     return BOSUN_OK;
   });
-  add("plugin_list", "every plugin with its version, state and methods", [this, reply](bosun_call* c) {
-    nlohmann::json out = nlohmann::json::array();
-    std::lock_guard<std::mutex> lock(plugins_mu);
-    for (const auto& p : plugin_infos) out.push_back(p.to_json());
-    reply(c, out.dump());
-    return BOSUN_OK;
-  });
+  add("plugin_list", "every plugin with its version, state and methods",
+      [this, reply](bosun_call* c) {
+        nlohmann::json out = nlohmann::json::array();
+        std::lock_guard<std::mutex> lock(plugins_mu);
+        for (const auto& p : plugin_infos) out.push_back(p.to_json());
+        reply(c, out.dump());
+        return BOSUN_OK;
+      });
   add("op_process_list", "the calls running on this node", [this, reply](bosun_call* c) {
     nlohmann::json out = nlohmann::json::array();
     int64_t now = now_ms();
@@ -278,28 +301,32 @@ void Node::Impl::register_builtins(MethodTable& t) {
     reply(c, out.dump());
     return BOSUN_OK;
   });
-  add("op_process_stop", "cancel a running call: methodArgs [id]", [this, reply, fail](bosun_call* c) {
-    if (c->msg.method_args.size() != 1) {
-      return fail(c, "op_process_stop: methodArgs must be [\"<message id>\"], got " +
-                         std::to_string(c->msg.method_args.size()) + " arguments");
-    }
-    const std::string& id = c->msg.method_args[0];
-    if (!cancel_call(id)) return fail(c, "op_process_stop: no running call with id \"" + id + "\"");
-    reply(c, "cancelled " + id);
-    return BOSUN_OK;
-  });
+  add("op_process_stop", "cancel a running call: methodArgs [id]",
+      [this, reply, fail](bosun_call* c) {
+        if (c->msg.method_args.size() != 1) {
+          return fail(c, "op_process_stop: methodArgs must be [\"<message id>\"], got " +
+                             std::to_string(c->msg.method_args.size()) + " arguments");
+        }
+        const std::string& id = c->msg.method_args[0];
+        if (!cancel_call(id))
+          return fail(c, "op_process_stop: no running call with id \"" + id + "\"");
+        reply(c, "cancelled " + id);
+        return BOSUN_OK;
+      });
 }
 
 // ------------------------------------------------------------ host API ----
 
 namespace {
 
-ModuleInstance* mod(bosun_host* h) { return h == nullptr ? nullptr : h->module; }
+ModuleInstance* mod(bosun_host* h) {
+  return h == nullptr ? nullptr : h->module;
+}
 
 void api_log(bosun_host* host, bosun_log_level level, const char* msg, size_t len) {
   auto* m = mod(host);
   if (m == nullptr) return;
-  auto lvl = level <= BOSUN_LOG_TRACE ? spdlog::level::trace
+  auto lvl = level <= BOSUN_LOG_TRACE   ? spdlog::level::trace
              : level == BOSUN_LOG_DEBUG ? spdlog::level::debug
              : level == BOSUN_LOG_INFO  ? spdlog::level::info
              : level == BOSUN_LOG_WARN  ? spdlog::level::warn
@@ -335,7 +362,8 @@ bosun_status api_reply(bosun_call* call, const char* data, size_t len) {
   if (arm) {
     auto* node = call->node;
     asio::post(node->io, [self] {
-      if (!self->flush_timer) self->flush_timer = std::make_unique<asio::steady_timer>(self->node->io);
+      if (!self->flush_timer)
+        self->flush_timer = std::make_unique<asio::steady_timer>(self->node->io);
       self->flush_timer->expires_after(kFlushDelay);
       self->flush_timer->async_wait([self](const boost::system::error_code& ec) {
         if (ec) {
@@ -390,8 +418,9 @@ bosun_status api_emit_event(bosun_host* host, const char* event, size_t event_le
   if (m == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
   std::string name(sv(event, event_len));
   if (!is_valid_token(name)) return BOSUN_ERR_INVALID_ARGUMENT;
-  nlohmann::json body = payload_len == 0 ? nlohmann::json::object()
-                                         : nlohmann::json::parse(sv(payload, payload_len), nullptr, false);
+  nlohmann::json body = payload_len == 0
+                            ? nlohmann::json::object()
+                            : nlohmann::json::parse(sv(payload, payload_len), nullptr, false);
   if (body.is_discarded()) return BOSUN_ERR_INVALID_ARGUMENT;
   m->node->emit_event(name, body);
   return BOSUN_OK;
@@ -544,15 +573,12 @@ void ModuleInstance::cancel_timers() {
 
 const bosun_host_api* host_api_table() {
   static const bosun_host_api api = {
-      BOSUN_ABI_VERSION, sizeof(bosun_host_api),
-      &api_log,          &api_reply,
-      &api_set_error,    &api_cancelled,
-      &api_send,         &api_emit_event,
-      &api_kv_put,       &api_kv_get,
-      &api_kv_delete,    &api_node_name,
-      &api_data_dir,     &api_settings_get,
-      &api_timer_start,  &api_timer_cancel,
-      &api_call_send,
+      BOSUN_ABI_VERSION, sizeof(bosun_host_api), &api_log,
+      &api_reply,        &api_set_error,         &api_cancelled,
+      &api_send,         &api_emit_event,        &api_kv_put,
+      &api_kv_get,       &api_kv_delete,         &api_node_name,
+      &api_data_dir,     &api_settings_get,      &api_timer_start,
+      &api_timer_cancel, &api_call_send,
   };
   return &api;
 }

@@ -37,7 +37,9 @@ Config load_or_exit(const std::string& file) {
   }
 }
 
-bool colour() { return ::isatty(1) != 0; }
+bool colour() {
+  return ::isatty(1) != 0;
+}
 
 std::string pad(const std::string& s, size_t w) {
   return s.size() >= w ? s : s + std::string(w - s.size(), ' ');
@@ -199,7 +201,8 @@ int cmd_plugins(const std::string& config_file, bool as_json) {
   std::vector<std::vector<std::string>> rows{{"NAME", "VERSION", "STATE", "METHODS", "REASON"}};
   for (const auto& p : result["plugins"]) {
     std::string methods;
-    for (const auto& m : p["methods"]) methods += (methods.empty() ? "" : ",") + m.get<std::string>();
+    for (const auto& m : p["methods"])
+      methods += (methods.empty() ? "" : ",") + m.get<std::string>();
     rows.push_back({p["name"], p["version"], p["state"], methods, p.value("reason", "")});
   }
   print_table(rows);
@@ -235,10 +238,11 @@ std::string default_node_name() {
 }  // namespace
 
 int cli_main(int argc, char** argv) {
-  CLI::App app{"bosun: a small, native node agent.\n\nExamples:\n"
-               "  bosun config init bosun.json\n"
-               "  bosun run --config bosun.json\n"
-               "  bosun send --config bosun.json --to ship1 --method ping --wait\n"};
+  CLI::App app{
+      "bosun: a small, native node agent.\n\nExamples:\n"
+      "  bosun config init bosun.json\n"
+      "  bosun run --config bosun.json\n"
+      "  bosun send --config bosun.json --to ship1 --method ping --wait\n"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("bosun ") + BOSUN_VERSION);
 
@@ -247,8 +251,9 @@ int cli_main(int argc, char** argv) {
   bool wait = false, as_json = false;
   double timeout = 0;
 
-  auto* run = app.add_subcommand("run", "Run the node in the foreground.\n"
-                                        "Example: bosun run --config bosun.json");
+  auto* run = app.add_subcommand("run",
+                                 "Run the node in the foreground.\n"
+                                 "Example: bosun run --config bosun.json");
   run->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   run->add_option("--log-level", log_level, "trace|debug|info|warn|error|off (overrides log.level)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
@@ -261,35 +266,41 @@ int cli_main(int argc, char** argv) {
   send->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   send->add_option("--to", to, "NODE[,NODE...] (with --method)");
   send->add_option("--method", method, "method to call (with --to)");
-  send->add_flag("--wait", wait, "print each node's reply; exit non-zero if any failed or was late");
-  send->add_option("--timeout", timeout, "seconds to wait for replies (also the methodTimeout with --method)")
+  send->add_flag("--wait", wait,
+                 "print each node's reply; exit non-zero if any failed or was late");
+  send->add_option("--timeout", timeout,
+                   "seconds to wait for replies (also the methodTimeout with --method)")
       ->check(CLI::PositiveNumber);
   send->add_flag("--json", as_json, "machine-readable output: one JSON object per line");
   send->add_option("file", file, "a JSON file of messages, or - for stdin");
   send->add_option("args", args, "methodArgs (after --)");
   send->positionals_at_end();
 
-  auto* plugins = app.add_subcommand("plugins", "List the node's plugins, versions and states.\n"
-                                                "Example: bosun plugins --config bosun.json --json");
+  auto* plugins = app.add_subcommand("plugins",
+                                     "List the node's plugins, versions and states.\n"
+                                     "Example: bosun plugins --config bosun.json --json");
   plugins->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   plugins->add_flag("--json", as_json, "machine-readable output");
 
-  auto* watch = app.add_subcommand("watch", "Print the node's events as they happen.\n"
-                                            "Example: bosun watch --config bosun.json update_result");
+  auto* watch = app.add_subcommand("watch",
+                                   "Print the node's events as they happen.\n"
+                                   "Example: bosun watch --config bosun.json update_result");
   watch->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   watch->add_option("events", events, "event names to show (default: all)");
 
   auto* config = app.add_subcommand("config", "Write or check a config file.");
   config->require_subcommand(1);
-  auto* init = config->add_subcommand("init", "Write a default config.\nExample: bosun config init bosun.json");
+  auto* init = config->add_subcommand(
+      "init", "Write a default config.\nExample: bosun config init bosun.json");
   std::string init_file = "bosun.json", init_name;
   bool force = false;
   init->add_option("file", init_file, "where to write it (default bosun.json)");
   init->add_option("--name", init_name, "node name (default: this host's name)");
   init->add_flag("--force", force, "overwrite an existing file");
-  auto* check = config->add_subcommand(
-      "check", "Validate a config; names the JSON path of the first error.\n"
-               "Example: bosun config check --config bosun.json");
+  auto* check =
+      config->add_subcommand("check",
+                             "Validate a config; names the JSON path of the first error.\n"
+                             "Example: bosun config check --config bosun.json");
   check->add_option("--config", config_file, "config file")->required();
 
   try {

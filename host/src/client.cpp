@@ -23,9 +23,9 @@ NodeClient::NodeClient(const std::filesystem::path& socket) : path_(socket) {
     int err = errno;
     ::close(fd_);
     fd_ = -1;
-    throw std::runtime_error("cannot reach the node at " + socket.string() + ": " +
-                             std::strerror(err) +
-                             (err == ENOENT || err == ECONNREFUSED ? " (is `bosun run` running?)" : ""));
+    throw std::runtime_error(
+        "cannot reach the node at " + socket.string() + ": " + std::strerror(err) +
+        (err == ENOENT || err == ECONNREFUSED ? " (is `bosun run` running?)" : ""));
   }
 }
 

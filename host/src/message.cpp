@@ -18,14 +18,33 @@ using nlohmann::json;
 namespace {
 
 const std::vector<std::string>& known_fields() {
-  static const std::vector<std::string> fields = {
-      "toNode",         "toNodes",          "method",          "methodArgs",
-      "replyMethod",    "replyMethodArgs",  "ACKTimeout",      "retries",
-      "replyACKTimeout", "replyRetries",    "methodTimeout",   "replyMethodTimeout",
-      "directory",      "fileName",         "relayViaNode",    "relayReplyMethod",
-      "data",           "id",               "fromNode",        "sentAt",
-      "isReply",        "inReplyTo",        "requestMethod",   "final",
-      "seq",            "status",           "error"};
+  static const std::vector<std::string> fields = {"toNode",
+                                                  "toNodes",
+                                                  "method",
+                                                  "methodArgs",
+                                                  "replyMethod",
+                                                  "replyMethodArgs",
+                                                  "ACKTimeout",
+                                                  "retries",
+                                                  "replyACKTimeout",
+                                                  "replyRetries",
+                                                  "methodTimeout",
+                                                  "replyMethodTimeout",
+                                                  "directory",
+                                                  "fileName",
+                                                  "relayViaNode",
+                                                  "relayReplyMethod",
+                                                  "data",
+                                                  "id",
+                                                  "fromNode",
+                                                  "sentAt",
+                                                  "isReply",
+                                                  "inReplyTo",
+                                                  "requestMethod",
+                                                  "final",
+                                                  "seq",
+                                                  "status",
+                                                  "error"};
   return fields;
 }
 
@@ -43,7 +62,8 @@ std::string type_name(const json& v) {
   }
 }
 
-[[noreturn]] void fail(const std::string& where, const std::string& field, const std::string& what) {
+[[noreturn]] void fail(const std::string& where, const std::string& field,
+                       const std::string& what) {
   throw MessageError(field, where + ": field \"" + field + "\": " + what);
 }
 
@@ -57,8 +77,7 @@ std::string get_string(const json& j, const char* field, const std::string& wher
 std::string get_token(const json& j, const char* field, const std::string& where) {
   std::string s = get_string(j, field, where);
   if (!s.empty() && !is_valid_token(s)) {
-    fail(where, field,
-         "\"" + s + "\" is not a valid name (use letters, digits, '_' and '-' only)");
+    fail(where, field, "\"" + s + "\" is not a valid name (use letters, digits, '_' and '-' only)");
   }
   return s;
 }
@@ -83,8 +102,8 @@ std::optional<double> get_seconds(const json& j, const char* field, const std::s
   if (allow_unlimited && v == -1) return v;
   if (v < 0) {
     fail(where, field,
-         "must be >= 0" + std::string(allow_unlimited ? " (or -1 for no limit)" : "") +
-             ", got " + it->dump());
+         "must be >= 0" + std::string(allow_unlimited ? " (or -1 for no limit)" : "") + ", got " +
+             it->dump());
   }
   constexpr double kWeek = 7 * 24 * 3600;
   if (v > kWeek) fail(where, field, "must be at most one week (604800 s), got " + it->dump());
@@ -150,7 +169,8 @@ Message parse_message(const json& j, const std::string& where) {
 
   m.to_node = get_token(j, "toNode", where);
   if (auto it = j.find("toNodes"); it != j.end() && !it->is_null()) {
-    if (!it->is_array()) fail(where, "toNodes", "expected an array of node names, got " + type_name(*it));
+    if (!it->is_array())
+      fail(where, "toNodes", "expected an array of node names, got " + type_name(*it));
     for (size_t i = 0; i < it->size(); ++i) {
       const auto& e = (*it)[i];
       std::string f = "toNodes[" + std::to_string(i) + "]";
@@ -194,7 +214,8 @@ Message parse_message(const json& j, const std::string& where) {
   m.id = get_string(j, "id", where);
   m.from_node = get_token(j, "fromNode", where);
   if (auto it = j.find("sentAt"); it != j.end() && !it->is_null()) {
-    if (!it->is_number_integer()) fail(where, "sentAt", "expected epoch milliseconds, got " + type_name(*it));
+    if (!it->is_number_integer())
+      fail(where, "sentAt", "expected epoch milliseconds, got " + type_name(*it));
     m.sent_at_ms = it->get<int64_t>();
   }
   m.is_reply = get_bool(j, "isReply", where, false);
@@ -202,7 +223,8 @@ Message parse_message(const json& j, const std::string& where) {
   m.request_method = get_string(j, "requestMethod", where);
   m.final_reply = get_bool(j, "final", where, true);
   if (auto it = j.find("seq"); it != j.end() && !it->is_null()) {
-    if (!it->is_number_unsigned()) fail(where, "seq", "expected a non-negative integer, got " + type_name(*it));
+    if (!it->is_number_unsigned())
+      fail(where, "seq", "expected a non-negative integer, got " + type_name(*it));
     m.seq = it->get<uint32_t>();
   }
   m.status = get_string(j, "status", where);

@@ -30,12 +30,12 @@ std::string mode_text(mode_t mode) {
 void check_owner_and_mode(const fs::path& shown, const fs::path& p, const char* what) {
   struct stat st {};
   if (::stat(p.c_str(), &st) != 0) {
-    fail(shown, std::string("cannot stat ") + what + " " + p.string() + ": " + std::strerror(errno));
+    fail(shown,
+         std::string("cannot stat ") + what + " " + p.string() + ": " + std::strerror(errno));
   }
   if (st.st_uid != ::geteuid() && st.st_uid != 0) {
-    fail(shown, std::string("refusing to load: ") + what + " " + p.string() +
-                    " is owned by uid " + std::to_string(st.st_uid) +
-                    ", neither this user nor root");
+    fail(shown, std::string("refusing to load: ") + what + " " + p.string() + " is owned by uid " +
+                    std::to_string(st.st_uid) + ", neither this user nor root");
   }
   if (st.st_mode & (S_IWGRP | S_IWOTH)) {
     fail(shown, std::string("refusing to load: ") + what + " " + p.string() +
@@ -62,7 +62,8 @@ ModuleFile::~ModuleFile() {
 #endif
 }
 
-std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path, const std::string& expected_name) {
+std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path,
+                                             const std::string& expected_name) {
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) fail(path, "not a regular file");
   check_module_permissions(path);
@@ -73,7 +74,10 @@ std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path, const std::st
     std::ifstream in(path, std::ios::binary);
     char magic[4] = {};
     in.read(magic, 4);
-    if (in.gcount() != 4 || std::memcmp(magic, "\x7f" "ELF", 4) != 0) {
+    if (in.gcount() != 4 || std::memcmp(magic,
+                                        "\x7f"
+                                        "ELF",
+                                        4) != 0) {
       fail(path, "not an ELF shared object (is it a module built with bosun_add_plugin?)");
     }
   }
@@ -97,10 +101,9 @@ std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path, const std::st
 
   if (BOSUN_ABI_MAJOR_OF(d->abi_version) != BOSUN_ABI_MAJOR) {
     fail(path, "built for bosun ABI " + std::to_string(BOSUN_ABI_MAJOR_OF(d->abi_version)) + "." +
-                   std::to_string(BOSUN_ABI_MINOR_OF(d->abi_version)) +
-                   ", this host speaks ABI " + std::to_string(BOSUN_ABI_MAJOR) + "." +
-                   std::to_string(BOSUN_ABI_MINOR) + ": rebuild it against bosun-sdk " +
-                   std::to_string(BOSUN_ABI_MAJOR) + ".x");
+                   std::to_string(BOSUN_ABI_MINOR_OF(d->abi_version)) + ", this host speaks ABI " +
+                   std::to_string(BOSUN_ABI_MAJOR) + "." + std::to_string(BOSUN_ABI_MINOR) +
+                   ": rebuild it against bosun-sdk " + std::to_string(BOSUN_ABI_MAJOR) + ".x");
   }
   if (d->struct_size < kMinPluginSize) {
     fail(path, "descriptor struct_size " + std::to_string(d->struct_size) +
@@ -126,7 +129,8 @@ std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path, const std::st
   if (desc.on_init == nullptr) fail(path, "descriptor has no on_init");
 
   if (desc.method_count > 0 && desc.methods == nullptr) {
-    fail(path, "descriptor declares " + std::to_string(desc.method_count) + " methods but no table");
+    fail(path,
+         "descriptor declares " + std::to_string(desc.method_count) + " methods but no table");
   }
   if (desc.method_count > 0 && desc.method_struct_size < kMinMethodSize) {
     fail(path, "method_struct_size " + std::to_string(desc.method_struct_size) + " is too small");
@@ -135,7 +139,8 @@ std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path, const std::st
   const auto* base = reinterpret_cast<const unsigned char*>(desc.methods);
   for (uint32_t i = 0; i < desc.method_count; ++i) {
     bosun_method me{};
-    const auto* src = reinterpret_cast<const bosun_method*>(base + size_t{i} * desc.method_struct_size);
+    const auto* src =
+        reinterpret_cast<const bosun_method*>(base + size_t{i} * desc.method_struct_size);
     std::memcpy(&me, src, std::min<size_t>(desc.method_struct_size, sizeof(bosun_method)));
     std::string where = "method " + std::to_string(i);
     if (me.name == nullptr || !is_valid_token(me.name)) {

@@ -22,8 +22,8 @@ const char* to_string(PluginState s) {
 }
 
 nlohmann::json PluginInfo::to_json() const {
-  nlohmann::json j = {{"name", name},       {"version", version}, {"state", to_string(state)},
-                      {"path", path},       {"methods", methods}, {"description", description}};
+  nlohmann::json j = {{"name", name}, {"version", version}, {"state", to_string(state)},
+                      {"path", path}, {"methods", methods}, {"description", description}};
   if (!reason.empty()) j["reason"] = reason;
   return j;
 }
@@ -58,8 +58,8 @@ std::shared_ptr<ModuleInstance> Node::Impl::init_module(std::unique_ptr<ModuleFi
                   (reason[0] ? reason : "no reason given");
   } else {
     info.state = PluginState::failed;
-    info.reason = std::string("init failed (") + bosun_status_name(st) + "): " +
-                  (reason[0] ? reason : "no reason given");
+    info.reason = std::string("init failed (") + bosun_status_name(st) +
+                  "): " + (reason[0] ? reason : "no reason given");
   }
   return nullptr;
 }
@@ -164,8 +164,8 @@ void Node::Impl::unload_all() {
     register_builtins(*t);
     table = std::move(t);
   }
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::milliseconds(config.host.drain_timeout_ms);
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(config.host.drain_timeout_ms);
   for (auto& inst : all) inst->cancel_timers();
   for (auto& inst : all) {
     std::unique_lock<std::mutex> lock(inst->inflight_mu);
@@ -180,7 +180,8 @@ void Node::Impl::unload_all() {
       }
       // A handler that ignores cancellation keeps the module mapped: never
       // unmap code that is still running.
-      if (!inst->inflight_cv.wait_for(lock, std::chrono::seconds(2), [&] { return inst->inflight == 0; })) {
+      if (!inst->inflight_cv.wait_for(lock, std::chrono::seconds(2),
+                                      [&] { return inst->inflight == 0; })) {
         spdlog::error("module {}: handlers ignore cancellation; leaving it loaded", inst->name());
         continue;
       }

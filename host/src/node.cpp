@@ -6,6 +6,7 @@
 
 #include <thread>
 
+#include "bosun/host/transport.hpp"
 #include "node_impl.hpp"
 #include "socket_server.hpp"
 
@@ -16,7 +17,8 @@ namespace fs = std::filesystem;
 Node::Impl::Impl(Config cfg) : config(std::move(cfg)) {
   data_dir_text = config.node.data_dir.string();
   int workers = config.host.workers;
-  if (workers <= 0) workers = std::max(4, 2 * static_cast<int>(std::thread::hardware_concurrency()));
+  if (workers <= 0)
+    workers = std::max(4, 2 * static_cast<int>(std::thread::hardware_concurrency()));
   pool = std::make_unique<asio::thread_pool>(static_cast<size_t>(workers));
   work.emplace(io.get_executor());
 }
@@ -29,8 +31,12 @@ Node::~Node() {
   impl_->shutdown();
 }
 
-const Config& Node::config() const { return impl_->config; }
-const std::string& Node::name() const { return impl_->config.node.name; }
+const Config& Node::config() const {
+  return impl_->config;
+}
+const std::string& Node::name() const {
+  return impl_->config.node.name;
+}
 
 void Node::start() {
   Impl& d = *impl_;
@@ -47,6 +53,8 @@ void Node::start() {
   d.store = std::make_unique<Store>(d.config.node.data_dir / "state", so);
   d.audit = std::make_unique<AuditLog>(d.config.node.data_dir / "audit.log");
   d.load_modules();
+  d.start_transport();
+  d.resume_delivery();
   d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
   d.signals = std::make_unique<asio::signal_set>(d.io, SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
@@ -81,6 +89,7 @@ void Node::Impl::shutdown() {
     std::lock_guard<std::mutex> lock(calls_mu);
     for (auto& [id, call] : running) call->cancelled = true;
   }
+  if (transport) transport.reset();  // no new messages from the bus
   unload_all();
   pool->join();
   pool.reset();
@@ -165,9 +174,19 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         std::lock_guard<std::mutex> lock(waiters_mu);
         waiters[one.id] = waiter;
       }
-      result.accepted.push_back({i, one.id, target, one.method});
+      std::string id = one.id;
+      std::string method = one.method;
       if (audit) audit->append("accepted", to_json(one));
-      route(std::move(one));
+      try {
+        route(std::move(one));
+      } catch (const std::exception& e) {
+        result.errors.push_back(
+            {i, where + ": not accepted for node \"" + target + "\": " + e.what()});
+        std::lock_guard<std::mutex> lock(waiters_mu);
+        waiters.erase(id);
+        continue;
+      }
+      result.accepted.push_back({i, id, target, method});
     }
   }
   return result;
@@ -178,39 +197,51 @@ void Node::Impl::route(Message m) {
     deliver_local(std::move(m));
     return;
   }
-  spdlog::error("message {} ({}) for node {} dropped: no broker configured", m.id, m.method,
-                m.to_node);
+  if (!transport) {
+    spdlog::error("message {} ({}) for node {} dropped: no broker configured", m.id, m.method,
+                  m.to_node);
+    return;
+  }
+  try {
+    send_remote(std::move(m));
+  } catch (const std::exception& e) {
+    spdlog::error("message {} ({}) for node {} not accepted: {}", m.id, m.method, m.to_node,
+                  e.what());
+    throw;
+  }
 }
 
-void Node::Impl::deliver_local(Message m) {
+void Node::Impl::deliver_local(Message m, bool tracked) {
   if (stopping) {
+    // Still "received" in the inbox when tracked: it runs after the restart.
     spdlog::warn("message {} ({}) not run: node is stopping", m.id, m.method);
     return;
   }
   if (m.is_reply) {
-    handle_reply(std::move(m));
+    handle_reply(std::move(m), tracked);
   } else {
     if (audit) audit->append("received", to_json(m));
-    dispatch_request(std::move(m));
+    dispatch_request(std::move(m), tracked);
   }
 }
 
-void Node::Impl::dispatch_request(Message m) {
+void Node::Impl::dispatch_request(Message m, bool tracked) {
   auto t = methods();
   auto it = t->find(m.method);
   if (it == t->end()) {
     std::string error = unknown_method_text(m.method);
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
+    if (tracked) mark_done(m.id);
     send_reply(m, "", true, 0, error);
     return;
   }
-  start_call(std::move(m), it->second, false);
+  start_call(std::move(m), it->second, false, tracked);
 }
 
-void Node::Impl::handle_reply(Message m) {
+void Node::Impl::handle_reply(Message m, bool tracked) {
   // Put the stream back in order: chunks may arrive out of order, and a
   // reply method like to_file_append must see them in order.
-  std::vector<Message> ready;
+  std::vector<std::pair<Message, bool>> ready;
   std::shared_ptr<Strand> strand;
   {
     std::lock_guard<std::mutex> lock(streams_mu);
@@ -218,17 +249,20 @@ void Node::Impl::handle_reply(Message m) {
     if (!s.strand) s.strand = std::make_shared<Strand>(pool->get_executor());
     strand = s.strand;
     if (m.seq < s.next) return;  // a duplicate of one already handled
-    s.held.emplace(m.seq, std::move(m));
+    uint32_t seq = m.seq;
+    s.held.emplace(seq, std::make_pair(std::move(m), tracked));
     while (!s.held.empty() && s.held.begin()->first == s.next) {
       ready.push_back(std::move(s.held.begin()->second));
       s.held.erase(s.held.begin());
       ++s.next;
     }
-    if (!ready.empty() && ready.back().final_reply) streams.erase(ready.back().in_reply_to);
+    if (!ready.empty() && ready.back().first.final_reply) {
+      streams.erase(ready.back().first.in_reply_to);
+    }
   }
   if (ready.empty()) return;
   asio::post(*strand, [this, ready = std::move(ready)] {
-    for (const auto& r : ready) {
+    for (const auto& [r, was_tracked] : ready) {
       if (audit) audit->append("reply", to_json(r));
       std::shared_ptr<ReplyWaiter> w;
       {
@@ -241,6 +275,13 @@ void Node::Impl::handle_reply(Message m) {
       }
       if (w) w->on_reply(r);
       run_reply_method(r);
+      if (was_tracked) {
+        try {
+          mark_done(r.id);
+        } catch (const std::exception& e) {
+          spdlog::error("reply {}: cannot record it as done: {}", r.id, e.what());
+        }
+      }
     }
   });
 }
@@ -262,14 +303,18 @@ void Node::Impl::run_reply_method(const Message& m) {
 }
 
 void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payload) {
-  nlohmann::json body = {{"event", event}, {"node", config.node.name}, {"time", now_ms()},
-                         {"payload", payload}};
+  nlohmann::json body = {
+      {"event", event}, {"node", config.node.name}, {"time", now_ms()}, {"payload", payload}};
   std::vector<EventListener> ls;
   {
     std::lock_guard<std::mutex> lock(events_mu);
     for (const auto& [id, l] : listeners) ls.push_back(l);
   }
   for (const auto& l : ls) l(event, body);
+  if (transport) {
+    transport->publish(event_subject(config.broker.subject_prefix, config.node.name, event),
+                       body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
 }
 
 uint64_t Node::add_event_listener(EventListener listener) {
@@ -282,6 +327,14 @@ uint64_t Node::add_event_listener(EventListener listener) {
 void Node::remove_event_listener(uint64_t id) {
   std::lock_guard<std::mutex> lock(impl_->events_mu);
   impl_->listeners.erase(id);
+}
+
+void Node::post(std::function<void()> work) {
+  if (impl_->pool) asio::post(*impl_->pool, std::move(work));
+}
+
+nlohmann::json Node::counters() const {
+  return impl_->counters.to_json();
 }
 
 std::vector<PluginInfo> Node::plugins() const {

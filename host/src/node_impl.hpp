@@ -38,6 +38,34 @@ using Executor = asio::thread_pool::executor_type;
 using Strand = asio::strand<Executor>;
 
 class SocketServer;
+class Transport;
+struct Incoming;
+
+// A message sent to another node and not yet ACKed.
+struct Outgoing {
+  explicit Outgoing(asio::io_context& io) : timer(io) {}
+  Message msg;
+  std::string subject;
+  std::string bytes;
+  int attempts_left = 0;
+  std::chrono::milliseconds ack_timeout{0};
+  asio::steady_timer timer;
+};
+
+struct Counters {
+  std::atomic<uint64_t> sent{0}, acked{0}, retried{0}, failed{0};
+  std::atomic<uint64_t> received{0}, dropped{0}, duplicates{0}, reconnects{0};
+  nlohmann::json to_json() const {
+    return {{"sent", sent.load()},
+            {"acked", acked.load()},
+            {"retried", retried.load()},
+            {"failed", failed.load()},
+            {"received", received.load()},
+            {"dropped", dropped.load()},
+            {"duplicates", duplicates.load()},
+            {"reconnects", reconnects.load()}};
+  }
+};
 
 // One module timer; `run_mu` lets timer_cancel wait out a running callback.
 struct ModuleTimer {
@@ -109,6 +137,7 @@ struct bosun_call {
   std::unique_ptr<boost::asio::steady_timer> timeout_timer;
   std::unique_ptr<boost::asio::steady_timer> flush_timer;
   int64_t started_ms = 0;
+  bool tracked = false;  // came through the inbox: its state is kept there
 };
 
 namespace bosun::host {
@@ -127,6 +156,13 @@ struct Node::Impl {
   std::unique_ptr<asio::signal_set> signals;
   std::atomic<bool> stopping{false};
   std::mutex shutdown_mu;
+  Counters counters;
+
+  // Delivery between nodes (delivery.cpp); null when standalone.
+  std::unique_ptr<Transport> transport;
+  std::string ack_inbox;
+  std::mutex outgoing_mu;
+  std::unordered_map<std::string, std::shared_ptr<Outgoing>> outgoing;
 
   // Modules and the method table (copy-on-write: dispatch takes a snapshot).
   mutable std::mutex plugins_mu;
@@ -146,7 +182,7 @@ struct Node::Impl {
   // Reply streams, put back in seq order and handled one at a time.
   struct Stream {
     uint32_t next = 0;
-    std::map<uint32_t, Message> held;
+    std::map<uint32_t, std::pair<Message, bool>> held;  // seq -> (reply, tracked)
     std::shared_ptr<Strand> strand;
   };
   std::mutex streams_mu;
@@ -160,16 +196,16 @@ struct Node::Impl {
   SubmitResult submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
                       const std::string& from_node);
   void route(Message m);
-  void deliver_local(Message m);
-  void dispatch_request(Message m);
-  void handle_reply(Message m);
+  void deliver_local(Message m, bool tracked = false);
+  void dispatch_request(Message m, bool tracked);
+  void handle_reply(Message m, bool tracked);
   void run_reply_method(const Message& m);
   void emit_event(const std::string& event, const nlohmann::json& payload);
   std::string unknown_method_text(const std::string& method) const;
   void shutdown();
 
   // calls.cpp
-  void start_call(Message m, const MethodEntry& entry, bool inline_run);
+  void start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked = false);
   void run_call(const std::shared_ptr<bosun_call>& call);
   void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
   void expire_call(const std::shared_ptr<bosun_call>& call);
@@ -177,6 +213,21 @@ struct Node::Impl {
                   const std::string& error);
   bool cancel_call(const std::string& id);
   void register_builtins(MethodTable& table);
+
+  // delivery.cpp
+  void start_transport();
+  void resume_delivery();
+  double ack_timeout_s(const Message& m) const;
+  int retries_of(const Message& m) const;
+  void send_remote(Message m);
+  void publish_attempt(Message m, std::string bytes, bool first);
+  void arm_ack_timer(const std::shared_ptr<Outgoing>& out);
+  void give_up(const Message& m, const std::string& why);
+  void on_ack(Incoming&& in);
+  void on_incoming(Incoming&& in);
+  void drop_incoming(const std::string& subject, const std::string& reply, const std::string& why);
+  void mark_running(const std::string& id);
+  void mark_done(const std::string& id);
 
   // modules.cpp
   void load_modules();

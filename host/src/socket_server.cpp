@@ -50,9 +50,14 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Replies this session waits for (send with "wait").
   void on_reply(const Message& r) {
-    json line = {{"type", "reply"},   {"inReplyTo", r.in_reply_to}, {"fromNode", r.from_node},
-                 {"final", r.final_reply}, {"seq", r.seq},         {"status", r.status},
-                 {"data", r.data},         {"method", r.request_method}};
+    json line = {{"type", "reply"},
+                 {"inReplyTo", r.in_reply_to},
+                 {"fromNode", r.from_node},
+                 {"final", r.final_reply},
+                 {"seq", r.seq},
+                 {"status", r.status},
+                 {"data", r.data},
+                 {"method", r.request_method}};
     if (!r.error.empty()) line["error"] = r.error;
     write_line(line);
     if (!r.final_reply) return;
@@ -140,11 +145,14 @@ class Session : public std::enable_shared_from_this<Session> {
       handle_op(doc);
       return;
     }
-    auto r = node_.submit(doc);
-    json out = r.to_json();
-    out["type"] = "result";
-    write_line(out);
-    finish();
+    // Submitting may wait for the outbox commit: keep it off the event loop.
+    node_.post([self = shared_from_this(), doc] {
+      auto r = self->node_.submit(doc);
+      json out = r.to_json();
+      out["type"] = "result";
+      self->write_line(out);
+      self->finish();
+    });
   }
 
   void handle_op(const json& doc) {
@@ -163,34 +171,9 @@ class Session : public std::enable_shared_from_this<Session> {
         waiting_ = true;
         waiter = std::make_shared<Waiter>(weak_from_this());
       }
-      // Register before submitting: a local reply can arrive before submit returns.
-      std::lock_guard<std::mutex> lock(mu_);
-      auto r = node_.submit(*it, waiter);
-      json out = r.to_json();
-      out["type"] = "result";
-      write_line(out);
-      if (!wait || r.accepted.empty()) {
-        if (wait) write_line({{"type", "done"}, {"missing", json::array()}});
-        finish();
-        return;
-      }
-      for (const auto& a : r.accepted) {
-        outstanding_.insert(a.id);
-        targets_[a.id] = a.to_node;
-      }
-      timer_.expires_after(std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
-      timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-        if (ec) return;
-        json missing = json::array();
-        {
-          std::lock_guard<std::mutex> lock(self->mu_);
-          for (const auto& id : self->outstanding_) {
-            missing.push_back({{"id", id}, {"toNode", self->targets_[id]}});
-          }
-          self->outstanding_.clear();
-        }
-        self->write_line({{"type", "done"}, {"missing", missing}, {"timedOut", true}});
-        self->finish();
+      timer_.cancel();
+      node_.post([self = shared_from_this(), messages = *it, waiter, wait, timeout] {
+        self->submit_and_wait(messages, waiter, wait, timeout);
       });
       return;
     }
@@ -208,7 +191,8 @@ class Session : public std::enable_shared_from_this<Session> {
       write_line({{"type", "status"},
                   {"node", node_.name()},
                   {"version", BOSUN_VERSION},
-                  {"standalone", node_.config().broker.standalone()}});
+                  {"standalone", node_.config().broker.standalone()},
+                  {"counters", node_.counters()}});
       return finish();
     }
     if (o == "watch") {
@@ -233,15 +217,58 @@ class Session : public std::enable_shared_from_this<Session> {
     error("unknown op \"" + o + "\" (expected send, plugins, calls, status or watch)");
   }
 
-  void watch_read() {
-    sock_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](
-                                                  const boost::system::error_code& ec, size_t) {
-      if (ec) {
-        self->shutdown();
-        return;
+  // On a worker thread. Holding mu_ while submitting makes replies that
+  // arrive before submit returns wait until their ids are outstanding.
+  void submit_and_wait(const json& messages, const std::shared_ptr<Waiter>& waiter, bool wait,
+                       double timeout) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto r = node_.submit(messages, waiter);
+    json out = r.to_json();
+    out["type"] = "result";
+    write_line(out);
+    if (!wait || r.accepted.empty()) {
+      if (wait) write_line({{"type", "done"}, {"missing", json::array()}});
+      finish();
+      return;
+    }
+    for (const auto& a : r.accepted) {
+      outstanding_.insert(a.id);
+      targets_[a.id] = a.to_node;
+    }
+    asio::post(sock_.get_executor(),
+               [self = shared_from_this(), timeout] { self->arm_reply_timeout(timeout); });
+  }
+
+  void arm_reply_timeout(double timeout) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (outstanding_.empty()) return;  // every reply came in already
+    }
+    timer_.expires_after(std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (ec) return;
+      json missing = json::array();
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        for (const auto& id : self->outstanding_) {
+          missing.push_back({{"id", id}, {"toNode", self->targets_[id]}});
+        }
+        self->outstanding_.clear();
       }
-      self->watch_read();
+      self->write_line({{"type", "done"}, {"missing", missing}, {"timedOut", true}});
+      self->finish();
     });
+  }
+
+  void watch_read() {
+    sock_.async_read_some(asio::buffer(buf_),
+                          [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
+                            if (ec) {
+                              self->shutdown();
+                              return;
+                            }
+                            self->watch_read();
+                          });
   }
 
   void error(const std::string& text) {

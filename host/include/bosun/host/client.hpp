@@ -18,7 +18,8 @@ class NodeClient {
 
   // Sends one JSON value and hands each line of the answer to `on_line`
   // until it returns false or the node closes the connection.
-  void request(const nlohmann::json& req, const std::function<bool(const nlohmann::json&)>& on_line);
+  void request(const nlohmann::json& req,
+               const std::function<bool(const nlohmann::json&)>& on_line);
 
  private:
   int fd_ = -1;

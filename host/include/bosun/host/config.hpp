@@ -26,9 +26,9 @@ class ConfigError : public std::runtime_error {
 };
 
 struct NodeConfig {
-  std::string name;                // one NATS token
-  std::string central = "central"; // the central node's name
-  std::filesystem::path data_dir;  // absolute after load; default <configdir>/var/<name>
+  std::string name;                 // one NATS token
+  std::string central = "central";  // the central node's name
+  std::filesystem::path data_dir;   // absolute after load; default <configdir>/var/<name>
 };
 
 struct TlsConfig {
@@ -98,9 +98,9 @@ struct LogConfig {
 };
 
 struct HostConfig {
-  int workers = 0;                         // 0 = auto (max(4, 2 * cores))
-  int64_t max_message_bytes = 8 << 20;     // larger messages are refused
-  int64_t drain_timeout_ms = 10000;        // in-flight calls get this long on unload
+  int workers = 0;                      // 0 = auto (max(4, 2 * cores))
+  int64_t max_message_bytes = 8 << 20;  // larger messages are refused
+  int64_t drain_timeout_ms = 10000;     // in-flight calls get this long on unload
 };
 
 struct Config {

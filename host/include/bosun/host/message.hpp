@@ -40,12 +40,12 @@ struct Message {
   bool is_reply = false;
 
   // On replies: what the reply answers.
-  std::string in_reply_to;      // the request's id
-  std::string request_method;   // the request's method
-  bool final_reply = true;      // false on every chunk of a stream but the last
-  uint32_t seq = 0;             // chunk number within a stream
-  std::string status;           // "ok" | "error"
-  std::string error;            // error text when status == "error"
+  std::string in_reply_to;     // the request's id
+  std::string request_method;  // the request's method
+  bool final_reply = true;     // false on every chunk of a stream but the last
+  uint32_t seq = 0;            // chunk number within a stream
+  std::string status;          // "ok" | "error"
+  std::string error;           // error text when status == "error"
 
   // Fields we do not know, passed through untouched.
   nlohmann::json extra = nlohmann::json::object();

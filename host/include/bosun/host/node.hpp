@@ -71,11 +71,15 @@ class Node {
 
   // Takes a JSON array (or one object) of messages; `from_node` empty means
   // this node. Bad messages are reported by index; the rest go on.
-  SubmitResult submit(const nlohmann::json& batch,
-                      std::shared_ptr<ReplyWaiter> waiter = nullptr,
+  SubmitResult submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter = nullptr,
                       const std::string& from_node = "");
 
+  // Runs `work` on the worker pool (for callers that must not block).
+  void post(std::function<void()> work);
+
   std::vector<PluginInfo> plugins() const;
+  // Delivery counters: sent, acked, retried, failed, received, dropped, ...
+  nlohmann::json counters() const;
   nlohmann::json running_calls() const;
   const Config& config() const;
   const std::string& name() const;

@@ -1,0 +1,471 @@
+// A standalone node end to end (DESIGN §4, §5, §9): messages in through the
+// unix socket (NodeClient) and Node::submit, handlers run, replies out;
+// errors that name the message and the field; timeouts, cancellation,
+// streaming, concurrency, reply methods, KV persistence and the audit log.
+#include "bosun/host/node.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "node_harness.hpp"
+
+namespace bosun::host {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace std::chrono_literals;
+using test::NodeSetup;
+using test::RunningNode;
+using Clock = std::chrono::steady_clock;
+
+json msg(const std::string& method, json extra = json::object()) {
+  json m = {{"toNode", "n1"}, {"method", method}};
+  m.update(extra);
+  return m;
+}
+
+long long ms_since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+class NodeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* name : {"fx_c_echo", "fx_slow", "fx_throw_handler", "fx_counter"}) {
+      setup_.add_fixture(name);
+    }
+    setup_.add_plugin("sinks");
+    setup_.add_module(BOSUN_HELLO_1_0_0);
+  }
+
+  RunningNode& start() {
+    node_ = std::make_unique<RunningNode>(setup_.config());
+    return *node_;
+  }
+
+  Node& node() { return node_->node(); }
+
+  // The one final reply to a single message; fails the test when there is none.
+  Message call(const json& m, std::chrono::milliseconds timeout = 20s) {
+    auto out = test::submit_and_wait(node(), m, timeout);
+    EXPECT_EQ(out.result.accepted.size(), 1u) << out.result.to_json().dump();
+    const Message* r = out.final_reply();
+    if (r == nullptr) {
+      ADD_FAILURE() << "no final reply to " << m.dump();
+      return {};
+    }
+    return *r;
+  }
+
+  // The one error of submitting `batch` (rejected before it runs).
+  std::string rejection(const json& batch) {
+    SubmitResult r = node().submit(batch);
+    EXPECT_TRUE(r.accepted.empty()) << r.to_json().dump();
+    if (r.errors.size() != 1) {
+      ADD_FAILURE() << "expected one error: " << r.to_json().dump();
+      return "";
+    }
+    return r.errors[0].error;
+  }
+
+  std::vector<std::string> running_methods() {
+    Message r = call(msg("op_process_list"));
+    json list = json::parse(r.data, nullptr, false);
+    std::vector<std::string> out;
+    if (!list.is_array()) {
+      ADD_FAILURE() << "op_process_list data is not a JSON array: " << r.data;
+      return out;
+    }
+    for (const auto& c : list) out.push_back(c.value("method", ""));
+    return out;
+  }
+
+  NodeSetup setup_;
+  std::unique_ptr<RunningNode> node_;
+};
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+// ------------------------------------------------------------ the socket ---
+
+TEST_F(NodeTest, PingThroughTheSocket) {
+  start();
+  auto lines = test::socket_send_wait(node_->socket(), json::array({msg("ping")}));
+  auto result = test::lines_of_type(lines, "result");
+  ASSERT_EQ(result.size(), 1u) << json(lines).dump();
+  ASSERT_EQ(result[0]["accepted"].size(), 1u) << result[0].dump();
+  auto replies = test::lines_of_type(lines, "reply");
+  ASSERT_EQ(replies.size(), 1u) << json(lines).dump();
+  EXPECT_EQ(replies[0]["data"], "pong");
+  EXPECT_EQ(replies[0]["status"], "ok");
+  EXPECT_EQ(replies[0]["final"], true);
+  EXPECT_EQ(replies[0]["fromNode"], "n1");
+  EXPECT_EQ(replies[0]["inReplyTo"], result[0]["accepted"][0]["id"]);
+  auto done = test::lines_of_type(lines, "done");
+  ASSERT_EQ(done.size(), 1u) << json(lines).dump();
+  EXPECT_TRUE(done[0]["missing"].empty()) << done[0].dump();
+}
+
+TEST_F(NodeTest, PingThroughSubmit) {
+  start();
+  Message r = call(msg("ping"));
+  EXPECT_EQ(r.data, "pong");
+  EXPECT_EQ(r.status, "ok");
+  EXPECT_TRUE(r.is_reply);
+  EXPECT_EQ(r.request_method, "ping");
+}
+
+TEST_F(NodeTest, StewardStyleBatchWithoutAnOpIsAcceptedAndAnswered) {
+  start();
+  auto lines = test::socket_raw(node_->socket(), json::array({msg("ping")}).dump());
+  ASSERT_EQ(lines.size(), 1u);
+  json j = json::parse(lines[0]);
+  EXPECT_EQ(j["type"], "result");
+  EXPECT_EQ(j["accepted"].size(), 1u) << j.dump();
+  EXPECT_TRUE(j["errors"].empty()) << j.dump();
+}
+
+TEST_F(NodeTest, PluginListThroughTheSocket) {
+  start();
+  auto lines = test::socket_request(node_->socket(), {{"op", "plugins"}});
+  ASSERT_EQ(lines.size(), 1u) << json(lines).dump();
+  EXPECT_EQ(lines[0]["type"], "plugins");
+  std::map<std::string, json> by_name;
+  for (const auto& p : lines[0]["plugins"]) by_name[p["name"]] = p;
+  ASSERT_TRUE(by_name.count("fx_c_echo")) << lines[0].dump();
+  EXPECT_EQ(by_name["fx_c_echo"]["state"], "active");
+  EXPECT_EQ(by_name["fx_c_echo"]["version"], "1.0.0");
+  EXPECT_EQ(by_name["fx_c_echo"]["methods"], json::array({"c_echo", "c_stream"}));
+  EXPECT_EQ(by_name["sinks"]["state"], "active");
+  EXPECT_EQ(by_name["hello"]["state"], "active");
+
+  // The plugin_list method says the same, as JSON in the reply's data.
+  auto sent = test::socket_send_wait(node_->socket(), json::array({msg("plugin_list")}));
+  auto replies = test::lines_of_type(sent, "reply");
+  ASSERT_EQ(replies.size(), 1u) << json(sent).dump();
+  json list = json::parse(replies[0]["data"].get<std::string>(), nullptr, false);
+  ASSERT_TRUE(list.is_array()) << replies[0].dump();
+  EXPECT_EQ(list.size(), lines[0]["plugins"].size());
+}
+
+TEST_F(NodeTest, WrongTypeFieldRejectsOnlyItsMessage) {
+  start();
+  json batch = json::array({msg("c_echo", {{"methodArgs", {"first"}}}),
+                            msg("c_echo", {{"methodArgs", "not an array"}}),
+                            msg("c_echo", {{"methodArgs", {"third"}}})});
+  // Through the socket...
+  auto lines = test::socket_send_wait(node_->socket(), batch);
+  auto result = test::lines_of_type(lines, "result");
+  ASSERT_EQ(result.size(), 1u);
+  ASSERT_EQ(result[0]["errors"].size(), 1u) << result[0].dump();
+  EXPECT_EQ(result[0]["errors"][0]["index"], 1);
+  std::string error = result[0]["errors"][0]["error"];
+  EXPECT_NE(error.find("message 1"), std::string::npos) << error;
+  EXPECT_NE(error.find("\"methodArgs\""), std::string::npos) << error;
+  EXPECT_NE(error.find("expected an array"), std::string::npos) << error;
+  std::vector<std::string> data;
+  for (const auto& r : test::lines_of_type(lines, "reply")) data.push_back(r["data"]);
+  std::sort(data.begin(), data.end());
+  EXPECT_EQ(data, (std::vector<std::string>{"first", "third"}));
+
+  // ... and through submit.
+  auto out = test::submit_and_wait(node(), batch);
+  ASSERT_EQ(out.result.accepted.size(), 2u);
+  EXPECT_EQ(out.result.accepted[0].index, 0u);
+  EXPECT_EQ(out.result.accepted[1].index, 2u);
+  ASSERT_EQ(out.result.errors.size(), 1u);
+  EXPECT_EQ(out.result.errors[0].index, 1u);
+  ASSERT_NE(out.final_reply(0), nullptr);
+  ASSERT_NE(out.final_reply(1), nullptr);
+  EXPECT_EQ(out.final_reply(0)->data, "first");
+  EXPECT_EQ(out.final_reply(1)->data, "third");
+}
+
+TEST_F(NodeTest, UnknownMethodSuggestsTheNearestOne) {
+  start();
+  std::string e = rejection(json::array({msg("pnig")}));
+  EXPECT_NE(e.find("message 0"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown method \"pnig\""), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean \"ping\""), std::string::npos) << e;
+
+  auto lines = test::socket_send_wait(node_->socket(), json::array({msg("pnig")}));
+  auto result = test::lines_of_type(lines, "result");
+  ASSERT_EQ(result.size(), 1u);
+  ASSERT_EQ(result[0]["errors"].size(), 1u);
+  EXPECT_NE(result[0]["errors"][0]["error"].get<std::string>().find("did you mean \"ping\""),
+            std::string::npos);
+  EXPECT_EQ(test::lines_of_type(lines, "done").size(), 1u) << json(lines).dump();
+}
+
+TEST_F(NodeTest, FieldTypoIsAnErrorWithASuggestion) {
+  start();
+  std::string e = rejection(msg("c_echo", {{"methodArg", {"x"}}}));
+  EXPECT_NE(e.find("\"methodArg\""), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean \"methodArgs\""), std::string::npos) << e;
+}
+
+TEST_F(NodeTest, NodeNameWithADotIsInvalid) {
+  start();
+  std::string e = rejection({{"toNode", "n1.evil"}, {"method", "ping"}});
+  EXPECT_NE(e.find("\"toNode\""), std::string::npos) << e;
+  EXPECT_NE(e.find("not a valid name"), std::string::npos) << e;
+}
+
+TEST_F(NodeTest, AnotherNodeIsUnreachableWhenStandalone) {
+  start();
+  std::string e = rejection({{"toNode", "n2"}, {"method", "ping"}});
+  EXPECT_NE(e.find("\"n2\""), std::string::npos) << e;
+  EXPECT_NE(e.find("standalone"), std::string::npos) << e;
+}
+
+TEST_F(NodeTest, TruncatedJsonOnTheSocket) {
+  start();
+  auto lines = test::socket_raw(node_->socket(), R"([{"toNode":"n1","method":"ping")");
+  ASSERT_EQ(lines.size(), 1u);
+  json j = json::parse(lines[0]);
+  EXPECT_EQ(j["type"], "error");
+  EXPECT_NE(j["error"].get<std::string>().find("not valid JSON"), std::string::npos) << j.dump();
+  EXPECT_EQ(call(msg("ping")).data, "pong");  // and the node carries on
+}
+
+TEST_F(NodeTest, GarbageOnTheSocket) {
+  start();
+  auto lines = test::socket_raw(node_->socket(), "hello node, this is not JSON\n");
+  ASSERT_EQ(lines.size(), 1u);
+  json j = json::parse(lines[0]);
+  EXPECT_EQ(j["type"], "error");
+  EXPECT_NE(j["error"].get<std::string>().find("not valid JSON"), std::string::npos) << j.dump();
+
+  // Valid JSON that is no message: the same clear error, by index.
+  lines = test::socket_raw(node_->socket(), "[42]");
+  ASSERT_EQ(lines.size(), 1u);
+  j = json::parse(lines[0]);
+  ASSERT_EQ(j["errors"].size(), 1u) << j.dump();
+  EXPECT_NE(j["errors"][0]["error"].get<std::string>().find("message 0: expected a JSON object"),
+            std::string::npos)
+      << j.dump();
+}
+
+TEST_F(NodeTest, EmptyInputOnTheSocket) {
+  start();
+  auto lines = test::socket_raw(node_->socket(), "");
+  ASSERT_EQ(lines.size(), 1u);
+  json j = json::parse(lines[0]);
+  EXPECT_EQ(j["type"], "error");
+  EXPECT_NE(j["error"].get<std::string>().find("empty input"), std::string::npos) << j.dump();
+}
+
+TEST_F(NodeTest, ThrowingHandlerBecomesAnErrorReply) {
+  start();
+  Message r = call(msg("throw_handler"));
+  EXPECT_EQ(r.status, "error");
+  EXPECT_NE(r.error.find("fixture: handler exploded"), std::string::npos) << r.error;
+
+  r = call(msg("throw_unknown"));
+  EXPECT_EQ(r.status, "error");
+  EXPECT_NE(r.error.find("unknown exception"), std::string::npos) << r.error;
+
+  EXPECT_EQ(call(msg("ping")).data, "pong");
+}
+
+TEST_F(NodeTest, HandlerPastItsMethodTimeoutIsCancelled) {
+  start();
+  auto t0 = Clock::now();
+  Message r = call(msg("slow_poll", {{"methodTimeout", 1}}));
+  long long took = ms_since(t0);
+  EXPECT_EQ(r.status, "error");
+  EXPECT_NE(r.error.find("timed out after 1 s"), std::string::npos) << r.error;
+  EXPECT_GE(took, 900);
+  EXPECT_LT(took, 5000);
+  // slow_poll sees the cancellation and returns: the call is gone.
+  EXPECT_TRUE(
+      test::wait_until([&] { return !contains(running_methods(), "slow_poll"); }, 5s, 50ms));
+}
+
+TEST_F(NodeTest, TimeoutReplyDoesNotWaitForAHandlerThatIgnoresCancellation) {
+  start();
+  auto t0 = Clock::now();
+  Message r = call(msg("slow_ignore", {{"methodTimeout", 1}}));
+  long long took = ms_since(t0);
+  EXPECT_EQ(r.status, "error");
+  EXPECT_NE(r.error.find("timed out after 1 s"), std::string::npos) << r.error;
+  EXPECT_GE(took, 900);
+  EXPECT_LT(took, 2500) << "the reply waited for the handler (3 s) instead of the timeout (1 s)";
+  EXPECT_NE(r.data, "slow_ignore done");
+}
+
+TEST_F(NodeTest, ProcessListShowsARunningCallAndProcessStopCancelsIt) {
+  start();
+  auto waiter = std::make_shared<test::CollectingWaiter>();
+  SubmitResult sent = node().submit(msg("slow_poll", {{"methodTimeout", 30}}), waiter);
+  ASSERT_EQ(sent.accepted.size(), 1u) << sent.to_json().dump();
+  const std::string id = sent.accepted[0].id;
+
+  json listed;
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        json list = json::parse(call(msg("op_process_list")).data, nullptr, false);
+        for (const auto& c : list) {
+          if (c.value("id", "") == id) listed = c;
+        }
+        return !listed.is_null();
+      },
+      5s, 20ms));
+  EXPECT_EQ(listed["method"], "slow_poll");
+  EXPECT_EQ(listed["fromNode"], "n1");
+
+  auto t0 = Clock::now();
+  Message stopped = call(msg("REQOpProcessStop", {{"methodArgs", {id}}}));
+  EXPECT_EQ(stopped.status, "ok") << stopped.error;
+  EXPECT_EQ(stopped.data, "cancelled " + id);
+  ASSERT_TRUE(waiter->wait_finals(1, 5s)) << "slow_poll did not end after op_process_stop";
+  EXPECT_LT(ms_since(t0), 5000);
+  auto replies = waiter->replies_to(id);
+  ASSERT_FALSE(replies.empty());
+  EXPECT_EQ(replies.back().status, "error");
+  EXPECT_NE(replies.back().error.find("cancelled"), std::string::npos) << replies.back().error;
+  EXPECT_FALSE(contains(running_methods(), "slow_poll"));
+
+  Message unknown = call(msg("op_process_stop", {{"methodArgs", {"NOSUCHID"}}}));
+  EXPECT_EQ(unknown.status, "error");
+  EXPECT_NE(unknown.error.find("no running call with id \"NOSUCHID\""), std::string::npos)
+      << unknown.error;
+}
+
+TEST_F(NodeTest, StreamedRepliesArriveInOrderAndTheLastIsFinal) {
+  start();
+  auto out = test::submit_and_wait(node(), msg("c_stream"));
+  ASSERT_EQ(out.result.accepted.size(), 1u);
+  std::vector<std::string> data;
+  std::vector<bool> finals;
+  for (const auto& r : out.replies) {
+    data.push_back(r.data);
+    finals.push_back(r.final_reply);
+    EXPECT_EQ(r.seq, data.size() - 1);
+  }
+  EXPECT_EQ(data, (std::vector<std::string>{"1", "2", "3"}));
+  EXPECT_EQ(finals, (std::vector<bool>{false, false, true}));
+
+  auto lines = test::socket_send_wait(node_->socket(), json::array({msg("c_stream")}));
+  std::vector<std::string> socket_data;
+  for (const auto& r : test::lines_of_type(lines, "reply")) socket_data.push_back(r["data"]);
+  EXPECT_EQ(socket_data, (std::vector<std::string>{"1", "2", "3"}));
+}
+
+TEST_F(NodeTest, HandlersRunConcurrently) {
+  start();
+  json batch = json::array();
+  for (int i = 0; i < 8; ++i) batch.push_back(msg("greet_slow", {{"methodArgs", {"300"}}}));
+  auto t0 = Clock::now();
+  auto out = test::submit_and_wait(node(), batch, 20s);
+  long long took = ms_since(t0);
+  ASSERT_EQ(out.result.accepted.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) {
+    ASSERT_NE(out.final_reply(i), nullptr);
+    EXPECT_EQ(out.final_reply(i)->status, "ok") << out.final_reply(i)->error;
+  }
+  EXPECT_LT(took, 1500) << "8 calls of 300 ms took " << took << " ms: not run concurrently";
+}
+
+TEST_F(NodeTest, StewardReplyMethodAliasWritesTheFile) {
+  start();
+  Message r = call(
+      msg("ping",
+          {{"replyMethod", "REQToFile"}, {"directory", "replies/ping"}, {"fileName", "ping.txt"}}));
+  EXPECT_EQ(r.data, "pong");
+  fs::path file = setup_.data_dir() / "replies/ping/ping.txt";
+  ASSERT_TRUE(test::wait_until([&] { return fs::exists(file); }, 5s)) << file;
+  EXPECT_TRUE(test::wait_until([&] { return test::read_file(file) == "pong"; }, 2s))
+      << test::read_file(file);
+
+  // An absolute directory counts from the data folder, as in Steward.
+  call(msg("ping", {{"replyMethod", "REQToFile"}, {"directory", "/abs"}, {"fileName", "p.txt"}}));
+  EXPECT_TRUE(test::wait_until([&] { return fs::exists(setup_.data_dir() / "abs/p.txt"); }, 5s));
+}
+
+TEST_F(NodeTest, ReplyToFileRefusesToClimbOutOfTheDataFolder) {
+  test::LogCapture log;
+  start();
+  Message r = call(msg(
+      "ping", {{"replyMethod", "to_file"}, {"directory", "../x"}, {"fileName", "escaped.txt"}}));
+  EXPECT_EQ(r.data, "pong");
+  EXPECT_TRUE(test::wait_until([&] { return log.contains("must not contain \"..\""); }, 5s))
+      << "the refusal is not logged; log:\n"
+      << log.text();
+  EXPECT_TRUE(log.contains("to_file")) << log.text();
+  node_->stop();
+  EXPECT_FALSE(fs::exists(setup_.root() / "x/escaped.txt"));
+  EXPECT_FALSE(fs::exists(setup_.root() / "x"));
+}
+
+TEST_F(NodeTest, KvCounterPersistsAcrossARestart) {
+  start();
+  EXPECT_EQ(call(msg("count")).data, "1");
+  EXPECT_EQ(call(msg("count")).data, "2");
+  node_->stop();
+  start();
+  EXPECT_EQ(call(msg("count")).data, "3");
+}
+
+TEST_F(NodeTest, AuditLogHoldsWholeMessages) {
+  start();
+  auto out = test::submit_and_wait(
+      node(), msg("c_echo", {{"methodArgs", {"audit", "me"}}, {"replyMethod", "none"}}));
+  ASSERT_EQ(out.result.accepted.size(), 1u);
+  const std::string id = out.result.accepted[0].id;
+  node_->stop();  // everything written and closed
+
+  std::map<std::string, json> by_kind;
+  std::string text = test::read_file(setup_.data_dir() / "audit.log");
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    json line = json::parse(text.substr(pos, end - pos), nullptr, false);
+    ASSERT_FALSE(line.is_discarded()) << "audit line is not JSON: " << text.substr(pos, end - pos);
+    const json& m = line["message"];
+    if (m.value("id", "") == id || m.value("inReplyTo", "") == id) by_kind[line["kind"]] = line;
+    pos = end + 1;
+  }
+  ASSERT_TRUE(by_kind.count("accepted")) << text;
+  ASSERT_TRUE(by_kind.count("received")) << text;
+  ASSERT_TRUE(by_kind.count("reply")) << text;
+  for (const char* kind : {"accepted", "received"}) {
+    const json& m = by_kind[kind]["message"];
+    EXPECT_EQ(m["toNode"], "n1") << kind;
+    EXPECT_EQ(m["fromNode"], "n1") << kind;
+    EXPECT_EQ(m["method"], "c_echo") << kind;
+    EXPECT_EQ(m["methodArgs"], json::array({"audit", "me"})) << kind;
+    EXPECT_EQ(m["replyMethod"], "none") << kind;
+    EXPECT_TRUE(m.contains("sentAt")) << kind;
+    EXPECT_TRUE(by_kind[kind].contains("t")) << kind;
+  }
+  const json& reply = by_kind["reply"]["message"];
+  EXPECT_EQ(reply["data"], "audit me");
+  EXPECT_EQ(reply["isReply"], true);
+  EXPECT_EQ(reply["method"], "none");
+  EXPECT_EQ(reply["requestMethod"], "c_echo");
+  EXPECT_EQ(reply["status"], "ok");
+  // A line is enough to recreate the message.
+  Message again = parse_message(by_kind["accepted"]["message"], "audit");
+  EXPECT_EQ(again.method, "c_echo");
+  EXPECT_EQ(again.method_args, (std::vector<std::string>{"audit", "me"}));
+}
+
+TEST_F(NodeTest, HelloFromTheInstalledSdkBuildGreets) {
+  start();
+  Message r = call(msg("greet", {{"methodArgs", {"world"}}}));
+  EXPECT_EQ(r.status, "ok") << r.error;
+  EXPECT_EQ(r.data, "hello world from n1 (hello 1.0.0)");
+}
+
+}  // namespace
+}  // namespace bosun::host
