@@ -80,6 +80,12 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
              double timeout, bool as_json) {
   Config cfg = load_or_exit(config_file);
   json messages;
+  if (!method.empty() && !file.empty()) {
+    // With --method every positional is a methodArg; CLI11 fills `file` first.
+    std::vector<std::string> all{file};
+    all.insert(all.end(), args.begin(), args.end());
+    return cmd_send(config_file, "", to, method, all, wait, timeout, as_json);
+  }
   if (!method.empty() || !to.empty()) {
     if (method.empty() || to.empty()) {
       std::cerr << "bosun send: --to and --method go together\n";

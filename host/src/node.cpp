@@ -317,16 +317,46 @@ void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payl
   }
 }
 
+void Node::Impl::on_remote_event(Incoming&& in) {
+  nlohmann::json body = nlohmann::json::parse(in.data, nullptr, false);
+  if (!body.is_object() || !body.contains("event") || !body["event"].is_string()) {
+    spdlog::debug("ignored an event on {} that does not decode", in.subject);
+    return;
+  }
+  if (body.value("node", "") == config.node.name) return;  // ours, delivered locally
+  std::string event = body["event"].get<std::string>();
+  std::vector<EventListener> ls;
+  {
+    std::lock_guard<std::mutex> lock(events_mu);
+    for (const auto& [id, l] : listeners) ls.push_back(l);
+  }
+  for (const auto& l : ls) l(event, body);
+}
+
 uint64_t Node::add_event_listener(EventListener listener) {
-  std::lock_guard<std::mutex> lock(impl_->events_mu);
-  uint64_t id = impl_->next_listener++;
-  impl_->listeners[id] = std::move(listener);
+  Impl& d = *impl_;
+  std::lock_guard<std::mutex> lock(d.events_mu);
+  uint64_t id = d.next_listener++;
+  d.listeners[id] = std::move(listener);
+  // Follow the whole cluster's events only while somebody watches.
+  if (d.transport && d.listeners.size() == 1) {
+    d.event_subscription = d.transport->subscribe(
+        d.config.broker.subject_prefix + ".evt.>",
+        [&d](Incoming&& in) { d.on_remote_event(std::move(in)); });
+  }
   return id;
 }
 
 void Node::remove_event_listener(uint64_t id) {
-  std::lock_guard<std::mutex> lock(impl_->events_mu);
-  impl_->listeners.erase(id);
+  Impl& d = *impl_;
+  uint64_t sub = 0;
+  {
+    std::lock_guard<std::mutex> lock(d.events_mu);
+    if (d.listeners.erase(id) == 0 || !d.listeners.empty()) return;
+    sub = d.event_subscription;
+    d.event_subscription = 0;
+  }
+  if (sub != 0 && d.transport) d.transport->unsubscribe(sub);
 }
 
 void Node::post(std::function<void()> work) {

@@ -191,6 +191,8 @@ struct Node::Impl {
   std::mutex events_mu;
   std::map<uint64_t, EventListener> listeners;
   uint64_t next_listener = 1;
+  uint64_t event_subscription = 0;  // <prefix>.evt.> while anyone listens
+  void on_remote_event(Incoming&& in);
 
   // node.cpp
   SubmitResult submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
