@@ -2,6 +2,7 @@
 // replies; and the bosun_host_api table modules call into.
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <cstring>
 
@@ -560,6 +561,39 @@ bosun_status api_timer_cancel(bosun_host* host, uint64_t timer_id) {
   return BOSUN_OK;
 }
 
+bosun_status api_node_info(bosun_host* host, bosun_on_value on_value, void* user_data) {
+  auto* m = mod(host);
+  if (m == nullptr || on_value == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  const Config& c = m->node->config;
+  std::string text = nlohmann::json{{"name", c.node.name},
+                                    {"central", c.node.central},
+                                    {"dataDir", m->node->data_dir_text},
+                                    {"version", BOSUN_VERSION},
+                                    {"pid", static_cast<int64_t>(::getpid())},
+                                    {"standalone", c.broker.standalone()}}
+                         .dump();
+  on_value(user_data, text.data(), text.size());
+  return BOSUN_OK;
+}
+
+bosun_status api_plugins_get(bosun_host* host, bosun_on_value on_value, void* user_data) {
+  auto* m = mod(host);
+  if (m == nullptr || on_value == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  nlohmann::json out = nlohmann::json::array();
+  {
+    std::lock_guard<std::mutex> lock(m->node->plugins_mu);
+    for (const auto& p : m->node->plugin_infos) {
+      out.push_back({{"name", p.name},
+                     {"version", p.version},
+                     {"state", to_string(p.state)},
+                     {"methods", p.methods}});
+    }
+  }
+  std::string text = out.dump();
+  on_value(user_data, text.data(), text.size());
+  return BOSUN_OK;
+}
+
 }  // namespace
 
 void ModuleInstance::cancel_timers() {
@@ -578,7 +612,8 @@ const bosun_host_api* host_api_table() {
       &api_send,         &api_emit_event,        &api_kv_put,
       &api_kv_get,       &api_kv_delete,         &api_node_name,
       &api_data_dir,     &api_settings_get,      &api_timer_start,
-      &api_timer_cancel, &api_call_send,
+      &api_timer_cancel, &api_call_send,         &api_node_info,
+      &api_plugins_get,
   };
   return &api;
 }

@@ -215,6 +215,64 @@ int cmd_plugins(const std::string& config_file, bool as_json) {
   return 0;
 }
 
+// Asks the local node to run `method` on itself and returns the reply data.
+std::string call_self(const Config& cfg, const std::string& method) {
+  json request = {{"op", "send"},
+                  {"messages", json::array({{{"toNode", cfg.node.name}, {"method", method}}})},
+                  {"wait", true},
+                  {"timeout", 10}};
+  std::string data, error;
+  NodeClient client(cfg.socket_path());
+  client.request(request, [&](const json& line) {
+    std::string type = line.value("type", "");
+    if (type == "result" && !line["errors"].empty()) {
+      error = line["errors"][0].value("error", "rejected");
+      return false;
+    }
+    if (type == "reply") {
+      data += line.value("data", "");
+      if (line.value("status", "ok") == "error") error = line.value("error", "failed");
+    }
+    if (type == "error") error = line.value("error", "failed");
+    return type != "done" && type != "error";
+  });
+  if (!error.empty()) throw std::runtime_error(error);
+  return data;
+}
+
+int cmd_nodes(const std::string& config_file, bool as_json) {
+  Config cfg = load_or_exit(config_file);
+  json nodes;
+  try {
+    nodes = json::parse(call_self(cfg, "node_list"));
+  } catch (const std::exception& e) {
+    std::cerr << "bosun nodes: " << e.what()
+              << " (the node registry lives in the beat module on the central node)\n";
+    return 1;
+  }
+  if (as_json) {
+    std::cout << nodes.dump(2) << "\n";
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows{
+      {"NODE", "STATUS", "LAST SEEN", "HOSTNAME", "PLUGINS"}};
+  for (const auto& n : nodes) {
+    std::string plugins;
+    if (n.contains("plugins") && n["plugins"].is_object()) {
+      for (const auto& [name, version] : n["plugins"].items()) {
+        plugins += (plugins.empty() ? "" : " ") + name + "@" +
+                   (version.is_string() ? version.get<std::string>() : version.dump());
+      }
+    }
+    char ago[32];
+    std::snprintf(ago, sizeof ago, "%.0fs ago", n.value("lastSeenAgoS", 0.0));
+    rows.push_back(
+        {n.value("node", "?"), n.value("status", "?"), ago, n.value("hostname", ""), plugins});
+  }
+  print_table(rows);
+  return 0;
+}
+
 int cmd_watch(const std::string& config_file, const std::vector<std::string>& events) {
   Config cfg = load_or_exit(config_file);
   try {
@@ -288,6 +346,12 @@ int cli_main(int argc, char** argv) {
   plugins->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   plugins->add_flag("--json", as_json, "machine-readable output");
 
+  auto* nodes = app.add_subcommand("nodes",
+                                   "List the nodes the central node has heard from.\n"
+                                   "Example: bosun nodes --config central.json");
+  nodes->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  nodes->add_flag("--json", as_json, "machine-readable output");
+
   auto* watch = app.add_subcommand("watch",
                                    "Print the node's events as they happen.\n"
                                    "Example: bosun watch --config bosun.json update_result");
@@ -319,6 +383,7 @@ int cli_main(int argc, char** argv) {
   if (send->parsed()) return cmd_send(config_file, file, to, method, args, wait, timeout, as_json);
   if (plugins->parsed()) return cmd_plugins(config_file, as_json);
   if (watch->parsed()) return cmd_watch(config_file, events);
+  if (nodes->parsed()) return cmd_nodes(config_file, as_json);
   if (init->parsed()) {
     if (fs::exists(init_file) && !force) {
       std::cerr << "bosun config init: " << init_file << " exists (use --force to overwrite)\n";

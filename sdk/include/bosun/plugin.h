@@ -51,7 +51,7 @@ extern "C" {
  * module built for another major. Appending a function to bosun_host_api or
  * a field to the end of a struct bumps the minor only. */
 #define BOSUN_ABI_MAJOR 1
-#define BOSUN_ABI_MINOR 0
+#define BOSUN_ABI_MINOR 1
 #define BOSUN_ABI_VERSION (((uint32_t)BOSUN_ABI_MAJOR << 16) | (uint32_t)BOSUN_ABI_MINOR)
 #define BOSUN_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
 #define BOSUN_ABI_MINOR_OF(v) ((uint32_t)(v)&0xFFFFu)
@@ -141,8 +141,8 @@ typedef struct bosun_request {
   bosun_str method;      /* the canonical method name (aliases resolved) */
   const bosun_str* args; /* methodArgs; a non-string element is given as its JSON text */
   uint32_t arg_count;
-  uint32_t is_reply;     /* 1 when this message is a reply to one this node sent */
-  bosun_str data;        /* the message's `data` field (a reply's output) */
+  uint32_t is_reply;      /* 1 when this message is a reply to one this node sent */
+  bosun_str data;         /* the message's `data` field (a reply's output) */
   bosun_str message_json; /* the whole message as JSON, for fields not listed here */
   int64_t timeout_ms;     /* methodTimeout in milliseconds; 0 = none */
 } bosun_request;
@@ -174,10 +174,10 @@ typedef void (*bosun_on_value)(void* user_data, const char* value, size_t len);
 
 /* The module descriptor: static, returned by bosun_plugin_entry(). */
 typedef struct bosun_plugin {
-  uint32_t abi_version; /* BOSUN_ABI_VERSION the module was built with */
-  uint32_t struct_size; /* sizeof(bosun_plugin) */
-  const char* name;     /* NUL-terminated, one NATS token; also the file name */
-  const char* version;  /* NUL-terminated, e.g. "1.2.0" */
+  uint32_t abi_version;    /* BOSUN_ABI_VERSION the module was built with */
+  uint32_t struct_size;    /* sizeof(bosun_plugin) */
+  const char* name;        /* NUL-terminated, one NATS token; also the file name */
+  const char* version;     /* NUL-terminated, e.g. "1.2.0" */
   const char* description; /* NUL-terminated; may be NULL */
 
   const bosun_method* methods; /* array of method_count, each method_struct_size apart */
@@ -236,8 +236,8 @@ struct bosun_host_api {
    * `on_value` (BORROWED for the callback) or returns BOSUN_ERR_NOT_FOUND. */
   bosun_status (*kv_put)(bosun_host* host, const char* key, size_t key_len, const char* value,
                          size_t value_len);
-  bosun_status (*kv_get)(bosun_host* host, const char* key, size_t key_len,
-                         bosun_on_value on_value, void* user_data);
+  bosun_status (*kv_get)(bosun_host* host, const char* key, size_t key_len, bosun_on_value on_value,
+                         void* user_data);
   bosun_status (*kv_delete)(bosun_host* host, const char* key, size_t key_len);
 
   /* This node's name and data folder: valid until on_shutdown returns. */
@@ -257,12 +257,23 @@ struct bosun_host_api {
   /* Originate messages on behalf of a running call (a file copy's chunks):
    * the receiver authorizes them as the call's original sender. */
   bosun_status (*call_send)(bosun_call* call, const char* messages_json, size_t len);
+
+  /* ---- ABI 1.1 ---- */
+
+  /* The node as a JSON object through `on_value`: {"name", "central",
+   * "dataDir", "version" (of bosun), "pid", "standalone"}. */
+  bosun_status (*node_info)(bosun_host* host, bosun_on_value on_value, void* user_data);
+
+  /* Every plugin of the node as a JSON array through `on_value`:
+   * [{"name", "version", "state", "methods": [...]}, ...]. */
+  bosun_status (*plugins_get)(bosun_host* host, bosun_on_value on_value, void* user_data);
 };
 
 /* True when `api` has the function `member` (appended after the module was
  * built against an older host, or vice versa). */
-#define BOSUN_HOST_HAS(api, member)                                              \
-  ((api) != NULL && (api)->struct_size >= offsetof(bosun_host_api, member) + sizeof((api)->member) && \
+#define BOSUN_HOST_HAS(api, member)                                                  \
+  ((api) != NULL &&                                                                  \
+   (api)->struct_size >= offsetof(bosun_host_api, member) + sizeof((api)->member) && \
    (api)->member != NULL)
 
 /* The one symbol a module exports. */

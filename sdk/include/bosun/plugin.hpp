@@ -83,6 +83,22 @@ class Host {
     return out;
   }
 
+  // The node as JSON ({"name","central","dataDir","version","pid","standalone"});
+  // "{}" on a host older than ABI 1.1.
+  std::string node_info() const {
+    if (!BOSUN_HOST_HAS(api_, node_info)) return "{}";
+    std::string out;
+    check(api_->node_info(host_, &assign, &out), "node_info");
+    return out;
+  }
+  // The node's plugins as a JSON array; "[]" on a host older than ABI 1.1.
+  std::string plugins() const {
+    if (!BOSUN_HOST_HAS(api_, plugins_get)) return "[]";
+    std::string out;
+    check(api_->plugins_get(host_, &assign, &out), "plugins_get");
+    return out;
+  }
+
   // Send a JSON array (or one object) of messages.
   void send(std::string_view messages_json) const {
     check(api_->send(host_, messages_json.data(), messages_json.size()), "send");
@@ -316,10 +332,17 @@ template <class P>
 constexpr bosun_plugin make_descriptor(const char* name, const char* version,
                                        const char* description, const bosun_method* methods,
                                        uint32_t count) noexcept {
-  return bosun_plugin{BOSUN_ABI_VERSION,   sizeof(bosun_plugin), name,
-                      version,             description,          methods,
-                      count,               sizeof(bosun_method), &on_init<P>,
-                      &on_shutdown<P>,     &on_settings<P>};
+  return bosun_plugin{BOSUN_ABI_VERSION,
+                      sizeof(bosun_plugin),
+                      name,
+                      version,
+                      description,
+                      methods,
+                      count,
+                      sizeof(bosun_method),
+                      &on_init<P>,
+                      &on_shutdown<P>,
+                      &on_settings<P>};
 }
 
 }  // namespace detail
@@ -329,20 +352,20 @@ constexpr bosun_plugin make_descriptor(const char* name, const char* version,
 #define BOSUN_METHOD(Class, member, help) BOSUN_METHOD_EX(Class, member, #member, 0u, help)
 
 // A method entry with its own name and BOSUN_METHOD_* flags.
-#define BOSUN_METHOD_EX(Class, member, name, flags, help) \
-  bosun_method {                                          \
-    sizeof(bosun_method), (flags), (name),                \
-        &::bosun::detail::on_call<Class, &Class::member>, (help) \
+#define BOSUN_METHOD_EX(Class, member, name, flags, help)                                    \
+  bosun_method {                                                                             \
+    sizeof(bosun_method), (flags), (name), &::bosun::detail::on_call<Class, &Class::member>, \
+        (help)                                                                               \
   }
 
 // Exports the module: its class, name, version, description and methods.
-#define BOSUN_PLUGIN(Class, name, version, description, ...)                          \
-  extern "C" BOSUN_EXPORT const bosun_plugin* bosun_plugin_entry(void) {              \
-    static const bosun_method bosun_methods_[] = {__VA_ARGS__};                       \
+#define BOSUN_PLUGIN(Class, name, version, description, ...)                               \
+  extern "C" BOSUN_EXPORT const bosun_plugin* bosun_plugin_entry(void) {                   \
+    static const bosun_method bosun_methods_[] = {__VA_ARGS__};                            \
     static const bosun_plugin bosun_descriptor_ = ::bosun::detail::make_descriptor<Class>( \
-        (name), (version), (description), bosun_methods_,                             \
-        static_cast<uint32_t>(sizeof(bosun_methods_) / sizeof(bosun_methods_[0])));   \
-    return &bosun_descriptor_;                                                        \
+        (name), (version), (description), bosun_methods_,                                  \
+        static_cast<uint32_t>(sizeof(bosun_methods_) / sizeof(bosun_methods_[0])));        \
+    return &bosun_descriptor_;                                                             \
   }
 
 #endif  // BOSUN_PLUGIN_HPP
