@@ -594,6 +594,29 @@ bosun_status api_plugins_get(bosun_host* host, bosun_on_value on_value, void* us
   return BOSUN_OK;
 }
 
+bosun_status api_plugin_control(bosun_host* host, const char* req, size_t len,
+                                bosun_on_value on_value, void* user_data) {
+  auto* m = mod(host);
+  if (m == nullptr || on_value == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  nlohmann::json r = nlohmann::json::parse(sv(req, len), nullptr, false);
+  if (!r.is_object() || !r.contains("op") || !r["op"].is_string() || !r.contains("name") ||
+      !r["name"].is_string()) {
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  }
+  std::string op = r["op"];
+  nlohmann::json result;
+  if (op == "update" && r.contains("path") && r["path"].is_string()) {
+    result = m->node->update_module(r["name"], std::string(r["path"]), r.value("version", ""));
+  } else if (op == "settings" && r.contains("settings")) {
+    result = m->node->update_settings(r["name"], r["settings"]);
+  } else {
+    return BOSUN_ERR_INVALID_ARGUMENT;
+  }
+  std::string text = result.dump();
+  on_value(user_data, text.data(), text.size());
+  return BOSUN_OK;
+}
+
 }  // namespace
 
 void ModuleInstance::cancel_timers() {
@@ -607,13 +630,26 @@ void ModuleInstance::cancel_timers() {
 
 const bosun_host_api* host_api_table() {
   static const bosun_host_api api = {
-      BOSUN_ABI_VERSION, sizeof(bosun_host_api), &api_log,
-      &api_reply,        &api_set_error,         &api_cancelled,
-      &api_send,         &api_emit_event,        &api_kv_put,
-      &api_kv_get,       &api_kv_delete,         &api_node_name,
-      &api_data_dir,     &api_settings_get,      &api_timer_start,
-      &api_timer_cancel, &api_call_send,         &api_node_info,
-      &api_plugins_get,
+      .abi_version = BOSUN_ABI_VERSION,
+      .struct_size = sizeof(bosun_host_api),
+      .log = &api_log,
+      .reply = &api_reply,
+      .set_error = &api_set_error,
+      .cancelled = &api_cancelled,
+      .send = &api_send,
+      .emit_event = &api_emit_event,
+      .kv_put = &api_kv_put,
+      .kv_get = &api_kv_get,
+      .kv_delete = &api_kv_delete,
+      .node_name = &api_node_name,
+      .data_dir = &api_data_dir,
+      .settings_get = &api_settings_get,
+      .timer_start = &api_timer_start,
+      .timer_cancel = &api_timer_cancel,
+      .call_send = &api_call_send,
+      .node_info = &api_node_info,
+      .plugins_get = &api_plugins_get,
+      .plugin_control = &api_plugin_control,
   };
   return &api;
 }

@@ -1,5 +1,6 @@
 #include "bosun/host/cli.hpp"
 
+#include <openssl/evp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 
 #include "bosun/host/client.hpp"
 #include "bosun/host/config.hpp"
+#include "bosun/host/module.hpp"
 #include "bosun/host/node.hpp"
 
 namespace bosun::host {
@@ -273,6 +275,118 @@ int cmd_nodes(const std::string& config_file, bool as_json) {
   return 0;
 }
 
+std::string sha256_hex(const std::string& bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string base64(const std::string& bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+int cmd_update_plugin(const std::string& config_file, const std::string& to,
+                      const std::string& module_file, bool wait, bool as_json) {
+  Config cfg = load_or_exit(config_file);
+  std::string name, version, bytes;
+  try {
+    // Only bosun_plugin_entry runs: the name and version come from the module itself.
+    auto file = ModuleFile::open(fs::absolute(module_file));
+    name = file->name();
+    version = file->version();
+    std::ifstream in(module_file, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    bytes = ss.str();
+  } catch (const std::exception& e) {
+    std::cerr << "bosun update-plugin: " << e.what() << "\n";
+    return 2;
+  }
+  std::vector<std::string> nodes;
+  std::stringstream ns(to);
+  for (std::string n; std::getline(ns, n, ',');) {
+    if (!n.empty()) nodes.push_back(n);
+  }
+  std::string sha = sha256_hex(bytes);
+  if (!as_json) {
+    std::cerr << "shipping " << name << " " << version << " (" << bytes.size() << " bytes, sha256 "
+              << sha.substr(0, 12) << "...) to " << to << "\n";
+  }
+  json msg = {
+      {"toNodes", nodes},      {"method", "update_plugin"}, {"methodArgs", {name, version, sha}},
+      {"data", base64(bytes)}, {"methodTimeout", 120},      {"replyMethod", "none"}};
+  json request = {
+      {"op", "send"}, {"messages", json::array({msg})}, {"wait", wait}, {"timeout", 150}};
+  int failures = 0;
+  std::vector<std::vector<std::string>> rows{
+      {"NODE", "PLUGIN", "FROM", "TO", "STATUS", "MS", "REASON"}};
+  try {
+    NodeClient client(cfg.socket_path());
+    client.request(request, [&](const json& line) {
+      std::string type = line.value("type", "");
+      if (type == "result") {
+        for (const auto& e : line["errors"]) {
+          ++failures;
+          std::cerr << "rejected: " << e["error"].get<std::string>() << "\n";
+        }
+        if (!wait) {
+          for (const auto& a : line["accepted"]) {
+            std::cout << "accepted " << a["id"].get<std::string>() << " -> "
+                      << a["toNode"].get<std::string>() << "\n";
+          }
+        }
+      } else if (type == "reply") {
+        json r = json::parse(line.value("data", ""), nullptr, false);
+        if (!r.is_object()) {
+          r = {{"node", line.value("fromNode", "?")},
+               {"plugin", name},
+               {"from", ""},
+               {"to", version},
+               {"status", "failed"},
+               {"reason", line.value("error", "no UpdateResult in the reply")},
+               {"durationMs", 0}};
+        }
+        if (r.value("status", "") == "failed" || line.value("status", "ok") == "error") ++failures;
+        if (as_json) {
+          std::cout << r.dump() << std::endl;
+        } else {
+          rows.push_back({r.value("node", "?"), r.value("plugin", ""), r.value("from", ""),
+                          r.value("to", ""), r.value("status", ""),
+                          std::to_string(r.value("durationMs", 0)), r.value("reason", "")});
+        }
+      } else if (type == "done") {
+        for (const auto& m : line["missing"]) {
+          ++failures;
+          std::cerr << "no UpdateResult from " << m["toNode"].get<std::string>() << " in time\n";
+        }
+        return false;
+      } else if (type == "error") {
+        ++failures;
+        std::cerr << "bosun update-plugin: " << line.value("error", "") << "\n";
+        return false;
+      }
+      return true;
+    });
+  } catch (const std::exception& e) {
+    std::cerr << "bosun update-plugin: " << e.what() << "\n";
+    return 2;
+  }
+  if (!as_json && rows.size() > 1) print_table(rows);
+  return failures > 0 ? 1 : 0;
+}
+
 int cmd_watch(const std::string& config_file, const std::vector<std::string>& events) {
   Config cfg = load_or_exit(config_file);
   try {
@@ -352,6 +466,21 @@ int cli_main(int argc, char** argv) {
   nodes->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   nodes->add_flag("--json", as_json, "machine-readable output");
 
+  std::string module_file;
+  auto* update = app.add_subcommand(
+      "update-plugin",
+      "Ship a module to nodes and hot-update it there; prints each node's UpdateResult.\n"
+      "Example: bosun update-plugin --config central.json --to ship1,ship2 --file hello.so --wait");
+  update->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  update->add_option("--to", to, "NODE[,NODE...]")->required();
+  update
+      ->add_option("--file", module_file, "the module (.so); its name and version are read from it")
+      ->required()
+      ->check(CLI::ExistingFile);
+  update->add_flag("--wait", wait,
+                   "wait for every node's UpdateResult; exit non-zero if any failed");
+  update->add_flag("--json", as_json, "one UpdateResult JSON object per line");
+
   auto* watch = app.add_subcommand("watch",
                                    "Print the node's events as they happen.\n"
                                    "Example: bosun watch --config bosun.json update_result");
@@ -384,6 +513,7 @@ int cli_main(int argc, char** argv) {
   if (plugins->parsed()) return cmd_plugins(config_file, as_json);
   if (watch->parsed()) return cmd_watch(config_file, events);
   if (nodes->parsed()) return cmd_nodes(config_file, as_json);
+  if (update->parsed()) return cmd_update_plugin(config_file, to, module_file, wait, as_json);
   if (init->parsed()) {
     if (fs::exists(init_file) && !force) {
       std::cerr << "bosun config init: " << init_file << " exists (use --force to overwrite)\n";

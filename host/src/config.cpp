@@ -357,9 +357,10 @@ void parse_broker(const Section& root, const fs::path& base, BrokerConfig& broke
 }
 
 void parse_plugins(const Section& root, const fs::path& base, PluginsConfig& plugins) {
-  Section s = root.section("plugins", {"dir", "requireSignature", "publisherKeys"});
+  Section s = root.section("plugins", {"dir", "requireSignature", "publisherKeys", "probation"});
   plugins.dir = resolve_path(base, "plugins");
   s.file("dir", plugins.dir, base, false);
+  s.seconds_as_ms("probation", plugins.probation_ms, 0, false);
   s.boolean("requireSignature", plugins.require_signature);
   if (const json* v = s.find("publisherKeys")) {
     plugins.publisher_keys = read_string_array(*v, s.path("publisherKeys"));
@@ -598,6 +599,7 @@ std::string default_config_text(const std::string& node_name) {
   };
   j["plugins"] = {{"dir", "plugins"},
                   {"requireSignature", d.plugins.require_signature},
+                  {"probation", d.plugins.probation_ms / 1000.0},
                   {"publisherKeys", ojson::array()}};
   j["extensions"] = ojson::object();
   j["defaults"] = {{"ackTimeout", number_json(d.defaults.ack_timeout_s)},

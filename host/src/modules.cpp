@@ -97,8 +97,15 @@ void Node::Impl::load_modules() {
       continue;
     }
     std::unique_ptr<ModuleFile> file;
+    fs::path chosen = path;
+    std::string rollback;
+    if (auto recorded = recorded_module_path(info.name, &rollback)) {
+      chosen = *recorded;  // the version last activated by an update (or rolled back to)
+      info.path = chosen.string();
+      if (!rollback.empty()) spdlog::warn("module {}: rolled back: {}", info.name, rollback);
+    }
     try {
-      file = ModuleFile::open(path, info.name);
+      file = ModuleFile::open(chosen, info.name);
     } catch (const ModuleLoadError& e) {
       info.state = PluginState::failed;
       info.reason = e.what();
@@ -155,6 +162,34 @@ void Node::Impl::load_modules() {
   table = std::move(new_table);
 }
 
+void Node::Impl::drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
+                                    std::chrono::steady_clock::time_point deadline) {
+  inst->cancel_timers();
+  std::unique_lock<std::mutex> lock(inst->inflight_mu);
+  if (!inst->inflight_cv.wait_until(lock, deadline, [&] { return inst->inflight == 0; })) {
+    spdlog::warn("module {} {}: {} call(s) still running after the drain deadline; cancelling",
+                 inst->name(), inst->file->version(), inst->inflight);
+    {
+      std::lock_guard<std::mutex> calls_lock(calls_mu);
+      for (auto& [id, call] : running) {
+        if (call->entry.module == inst) call->cancelled = true;
+      }
+    }
+    // A handler that ignores cancellation keeps the module mapped: never
+    // unmap code that is still running.
+    if (!inst->inflight_cv.wait_for(lock, std::chrono::seconds(2),
+                                    [&] { return inst->inflight == 0; })) {
+      spdlog::error("module {}: handlers ignore cancellation; leaving it loaded", inst->name());
+      return;
+    }
+  }
+  lock.unlock();
+  if (inst->file->descriptor().on_shutdown != nullptr && inst->instance != nullptr) {
+    inst->file->descriptor().on_shutdown(inst->instance);
+  }
+  inst->instance = nullptr;
+}
+
 void Node::Impl::unload_all() {
   std::vector<std::shared_ptr<ModuleInstance>> all;
   {
@@ -167,31 +202,7 @@ void Node::Impl::unload_all() {
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(config.host.drain_timeout_ms);
   for (auto& inst : all) inst->cancel_timers();
-  for (auto& inst : all) {
-    std::unique_lock<std::mutex> lock(inst->inflight_mu);
-    if (!inst->inflight_cv.wait_until(lock, deadline, [&] { return inst->inflight == 0; })) {
-      spdlog::warn("module {}: {} call(s) still running after the drain deadline; cancelling",
-                   inst->name(), inst->inflight);
-      {
-        std::lock_guard<std::mutex> calls_lock(calls_mu);
-        for (auto& [id, call] : running) {
-          if (call->entry.module == inst) call->cancelled = true;
-        }
-      }
-      // A handler that ignores cancellation keeps the module mapped: never
-      // unmap code that is still running.
-      if (!inst->inflight_cv.wait_for(lock, std::chrono::seconds(2),
-                                      [&] { return inst->inflight == 0; })) {
-        spdlog::error("module {}: handlers ignore cancellation; leaving it loaded", inst->name());
-        continue;
-      }
-    }
-    lock.unlock();
-    if (inst->file->descriptor().on_shutdown != nullptr) {
-      inst->file->descriptor().on_shutdown(inst->instance);
-    }
-    inst->instance = nullptr;
-  }
+  for (auto& inst : all) drain_and_shutdown(inst, deadline);
 }
 
 std::shared_ptr<const MethodTable> Node::Impl::methods() const {

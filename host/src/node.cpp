@@ -55,6 +55,8 @@ void Node::start() {
   d.load_modules();
   d.start_transport();
   d.resume_delivery();
+  for (const auto& r : d.pending_update_results) d.emit_event("update_result", r);
+  d.pending_update_results.clear();
   d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
   d.signals = std::make_unique<asio::signal_set>(d.io, SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
@@ -90,6 +92,26 @@ void Node::Impl::shutdown() {
     for (auto& [id, call] : running) call->cancelled = true;
   }
   if (transport) transport.reset();  // no new messages from the bus
+  {
+    std::lock_guard<std::mutex> lock(drains_mu);
+    for (auto& t : drains) t.join();
+    drains.clear();
+  }
+  // A clean stop is no crash: versions on probation stay.
+  if (store) {
+    std::vector<std::string> names;
+    {
+      std::lock_guard<std::mutex> lock(plugins_mu);
+      for (const auto& i : instances) names.push_back(i->name());
+    }
+    for (const auto& n : names) {
+      try {
+        end_probation(n);
+      } catch (const std::exception& e) {
+        spdlog::error("module {}: {}", n, e.what());
+      }
+    }
+  }
   unload_all();
   pool->join();
   pool.reset();
@@ -340,9 +362,9 @@ uint64_t Node::add_event_listener(EventListener listener) {
   d.listeners[id] = std::move(listener);
   // Follow the whole cluster's events only while somebody watches.
   if (d.transport && d.listeners.size() == 1) {
-    d.event_subscription = d.transport->subscribe(
-        d.config.broker.subject_prefix + ".evt.>",
-        [&d](Incoming&& in) { d.on_remote_event(std::move(in)); });
+    d.event_subscription =
+        d.transport->subscribe(d.config.broker.subject_prefix + ".evt.>",
+                               [&d](Incoming&& in) { d.on_remote_event(std::move(in)); });
   }
   return id;
 }

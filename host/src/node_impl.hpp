@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -234,6 +235,21 @@ struct Node::Impl {
   // modules.cpp
   void load_modules();
   void unload_all();
+  void drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
+                          std::chrono::steady_clock::time_point deadline);
+
+  // update.cpp
+  std::mutex update_mu;             // one update at a time
+  std::vector<std::thread> drains;  // old versions being drained
+  std::mutex drains_mu;
+  nlohmann::json update_module(const std::string& name, const std::filesystem::path& path,
+                               const std::string& expect_version);
+  std::string probe_module(const std::filesystem::path& path, const std::string& name);
+  std::optional<std::filesystem::path> recorded_module_path(const std::string& name,
+                                                            std::string* rollback_note);
+  void end_probation(const std::string& name);
+  nlohmann::json update_settings(const std::string& name, const nlohmann::json& patch);
+  std::vector<nlohmann::json> pending_update_results;  // rollbacks found at start
   std::shared_ptr<ModuleInstance> init_module(std::unique_ptr<ModuleFile> file,
                                               const ExtensionConfig& ext, PluginInfo& info);
 };

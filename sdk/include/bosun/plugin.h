@@ -267,6 +267,18 @@ struct bosun_host_api {
   /* Every plugin of the node as a JSON array through `on_value`:
    * [{"name", "version", "state", "methods": [...]}, ...]. */
   bosun_status (*plugins_get)(bosun_host* host, bosun_on_value on_value, void* user_data);
+
+  /* Ask the host to act on a plugin; the request is a JSON object (copied),
+   * the outcome an UpdateResult {"node", "plugin", "from", "to", "status",
+   * "reason", "durationMs"} through `on_value`. Requests:
+   *   {"op": "update", "name", "path", "version"}: probe the module file at
+   *     `path` in a child process, load it beside the running version, swap,
+   *     drain and unload the old one (DESIGN §6);
+   *   {"op": "settings", "name", "settings": {...}}: merge into the plugin's
+   *     running settings and hand them to its on_settings.
+   * Returns BOSUN_OK whenever an UpdateResult was delivered, even "failed". */
+  bosun_status (*plugin_control)(bosun_host* host, const char* request_json, size_t len,
+                                 bosun_on_value on_value, void* user_data);
 };
 
 /* True when `api` has the function `member` (appended after the module was

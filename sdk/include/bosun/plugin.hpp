@@ -99,6 +99,17 @@ class Host {
     return out;
   }
 
+  // A plugin_control request (see plugin.h); returns the UpdateResult JSON.
+  std::string plugin_control(std::string_view request_json) const {
+    if (!BOSUN_HOST_HAS(api_, plugin_control)) {
+      throw Error("this host has no plugin_control (ABI < 1.1)", BOSUN_ERR_UNSUPPORTED);
+    }
+    std::string out;
+    check(api_->plugin_control(host_, request_json.data(), request_json.size(), &assign, &out),
+          "plugin_control");
+    return out;
+  }
+
   // Send a JSON array (or one object) of messages.
   void send(std::string_view messages_json) const {
     check(api_->send(host_, messages_json.data(), messages_json.size()), "send");

@@ -64,6 +64,7 @@ struct PluginsConfig {
   std::filesystem::path dir;  // absolute after load
   bool require_signature = false;
   std::vector<std::string> publisher_keys;  // Ed25519 public keys (base64) trusted to sign modules
+  int64_t probation_ms = 60000;  // a host crash within this after an update rolls it back
 };
 
 struct DefaultsConfig {
