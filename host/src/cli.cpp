@@ -209,8 +209,10 @@ int cmd_plugins(const std::string& config_file, bool as_json) {
   std::vector<std::vector<std::string>> rows{{"NAME", "VERSION", "STATE", "METHODS", "REASON"}};
   for (const auto& p : result["plugins"]) {
     std::string methods;
-    for (const auto& m : p["methods"])
-      methods += (methods.empty() ? "" : ",") + m.get<std::string>();
+    for (const auto& m : p["methods"]) {
+      if (!methods.empty()) methods += ',';
+      methods += m.get<std::string>();
+    }
     rows.push_back({p["name"], p["version"], p["state"], methods, p.value("reason", "")});
   }
   print_table(rows);
@@ -262,8 +264,8 @@ int cmd_nodes(const std::string& config_file, bool as_json) {
     std::string plugins;
     if (n.contains("plugins") && n["plugins"].is_object()) {
       for (const auto& [name, version] : n["plugins"].items()) {
-        plugins += (plugins.empty() ? "" : " ") + name + "@" +
-                   (version.is_string() ? version.get<std::string>() : version.dump());
+        if (!plugins.empty()) plugins += ' ';
+        plugins += name + "@" + (version.is_string() ? version.get<std::string>() : version.dump());
       }
     }
     char ago[32];

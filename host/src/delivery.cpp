@@ -52,13 +52,17 @@ void Node::Impl::start_transport() {
     spdlog::info("reconnected to the broker");
   };
   cb.on_error = [](std::string e) { spdlog::error("broker: {}", e); };
-  transport = std::make_unique<Transport>(config.broker, config.node.name, cb);
-  transport->connect(true);  // a node may start before its broker
-  ack_inbox = transport->new_inbox();
+  auto t = std::make_shared<Transport>(config.broker, config.node.name, cb);
+  {
+    std::lock_guard<std::mutex> lock(transport_mu);
+    transport = t;
+  }
+  t->connect(true);  // a node may start before its broker
+  ack_inbox = t->new_inbox();
   const std::string& prefix = config.broker.subject_prefix;
-  transport->subscribe(prefix + ".req." + config.node.name + ".>",
-                       [this](Incoming&& in) { on_incoming(std::move(in)); });
-  transport->subscribe(ack_inbox + ".*", [this](Incoming&& in) { on_ack(std::move(in)); });
+  t->subscribe(prefix + ".req." + config.node.name + ".>",
+               [this](Incoming&& in) { on_incoming(std::move(in)); });
+  t->subscribe(ack_inbox + ".*", [this](Incoming&& in) { on_ack(std::move(in)); });
 }
 
 void Node::Impl::resume_delivery() {
@@ -134,7 +138,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes, bool first) {
   double ack_s = ack_timeout_s(m);
   if (ack_s <= 0) {
     // ACKTimeout 0: fire and forget.
-    transport->publish(subject, bytes);
+    if (auto t = bus()) t->publish(subject, bytes);
     store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
                        log_failure("outbox: cannot remove " + m.id));
     return;
@@ -151,7 +155,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes, bool first) {
     outgoing[id] = out;
   }
   (void)first;
-  transport->publish(out->subject, out->bytes, ack_inbox + "." + id);
+  if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + id);
   asio::post(io, [this, out] { arm_ack_timer(out); });
 }
 
@@ -170,7 +174,7 @@ void Node::Impl::arm_ack_timer(const std::shared_ptr<Outgoing>& out) {
       counters.retried++;
       spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                     out->msg.to_node);
-      transport->publish(out->subject, out->bytes, ack_inbox + "." + out->msg.id);
+      if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + out->msg.id);
       arm_ack_timer(out);
       return;
     }
@@ -250,7 +254,7 @@ void Node::Impl::drop_incoming(const std::string& subject, const std::string& re
   counters.dropped++;
   spdlog::warn("dropped a message on {}: {}", subject, why);
   // Tell the sender when it asked for an ACK, so it stops resending.
-  if (!reply.empty() && transport) transport->publish(reply, "NAK " + why);
+  if (auto t = bus(); t && !reply.empty()) t->publish(reply, "NAK " + why);
 }
 
 void Node::Impl::on_incoming(Incoming&& in) {
@@ -295,7 +299,8 @@ void Node::Impl::on_incoming(Incoming&& in) {
           }
           return;
         }
-        if (!reply.empty()) transport->publish(reply, "ACK");
+        if (stopping) return;  // not ACKed: it is in the inbox and runs after the restart
+        if (auto t = bus(); t && !reply.empty()) t->publish(reply, "ACK");
         if (!r.fresh) {
           counters.duplicates++;
           spdlog::debug("message {} seen before: ACKed again, not run again", m.id);

@@ -55,6 +55,8 @@ void Node::start() {
   d.load_modules();
   d.start_transport();
   d.resume_delivery();
+  d.audit_flush = std::make_unique<asio::steady_timer>(d.io);
+  d.schedule_audit_flush();
   for (const auto& r : d.pending_update_results) d.emit_event("update_result", r);
   d.pending_update_results.clear();
   d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
@@ -68,6 +70,15 @@ void Node::start() {
                d.config.broker.standalone() ? "standalone" : "broker");
 }
 
+void Node::Impl::schedule_audit_flush() {
+  audit_flush->expires_after(std::chrono::milliseconds(200));
+  audit_flush->async_wait([this](const boost::system::error_code& ec) {
+    if (ec || !audit) return;
+    audit->flush();
+    schedule_audit_flush();
+  });
+}
+
 void Node::run() {
   impl_->io.run();
   impl_->stopping = true;
@@ -78,6 +89,7 @@ void Node::stop() {
   asio::post(impl_->io, [d = impl_.get()] {
     if (d->socket) d->socket->close();
     if (d->signals) d->signals->cancel();
+    if (d->audit_flush) d->audit_flush->cancel();
     d->work.reset();
     d->io.stop();
   });
@@ -91,7 +103,18 @@ void Node::Impl::shutdown() {
     std::lock_guard<std::mutex> lock(calls_mu);
     for (auto& [id, call] : running) call->cancelled = true;
   }
-  if (transport) transport.reset();  // no new messages from the bus
+  // No new messages from the bus; wait out callbacks still holding it, so
+  // the connection closes here and not on one of nats.c's own threads.
+  if (auto t = bus()) {
+    {
+      std::lock_guard<std::mutex> lock(transport_mu);
+      transport.reset();
+    }
+    for (int i = 0; i < 500 && t.use_count() > 1; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    t.reset();
+  }
   {
     std::lock_guard<std::mutex> lock(drains_mu);
     for (auto& t : drains) t.join();
@@ -219,7 +242,7 @@ void Node::Impl::route(Message m) {
     deliver_local(std::move(m));
     return;
   }
-  if (!transport) {
+  if (!bus()) {
     spdlog::error("message {} ({}) for node {} dropped: no broker configured", m.id, m.method,
                   m.to_node);
     return;
@@ -333,9 +356,9 @@ void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payl
     for (const auto& [id, l] : listeners) ls.push_back(l);
   }
   for (const auto& l : ls) l(event, body);
-  if (transport) {
-    transport->publish(event_subject(config.broker.subject_prefix, config.node.name, event),
-                       body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  if (auto t = bus()) {
+    t->publish(event_subject(config.broker.subject_prefix, config.node.name, event),
+               body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 }
 
@@ -361,10 +384,9 @@ uint64_t Node::add_event_listener(EventListener listener) {
   uint64_t id = d.next_listener++;
   d.listeners[id] = std::move(listener);
   // Follow the whole cluster's events only while somebody watches.
-  if (d.transport && d.listeners.size() == 1) {
-    d.event_subscription =
-        d.transport->subscribe(d.config.broker.subject_prefix + ".evt.>",
-                               [&d](Incoming&& in) { d.on_remote_event(std::move(in)); });
+  if (auto t = d.bus(); t && d.listeners.size() == 1) {
+    d.event_subscription = t->subscribe(d.config.broker.subject_prefix + ".evt.>",
+                                        [&d](Incoming&& in) { d.on_remote_event(std::move(in)); });
   }
   return id;
 }
@@ -378,7 +400,7 @@ void Node::remove_event_listener(uint64_t id) {
     sub = d.event_subscription;
     d.event_subscription = 0;
   }
-  if (sub != 0 && d.transport) d.transport->unsubscribe(sub);
+  if (auto t = d.bus(); t && sub != 0) t->unsubscribe(sub);
 }
 
 void Node::post(std::function<void()> work) {

@@ -155,12 +155,21 @@ struct Node::Impl {
   std::unique_ptr<AuditLog> audit;
   std::unique_ptr<SocketServer> socket;
   std::unique_ptr<asio::signal_set> signals;
+  std::unique_ptr<asio::steady_timer> audit_flush;
+  void schedule_audit_flush();
   std::atomic<bool> stopping{false};
   std::mutex shutdown_mu;
   Counters counters;
 
   // Delivery between nodes (delivery.cpp); null when standalone.
-  std::unique_ptr<Transport> transport;
+  // Shared so that a callback still publishing keeps it alive through a
+  // shutdown; read it through bus() from any thread.
+  std::shared_ptr<Transport> transport;
+  mutable std::mutex transport_mu;
+  std::shared_ptr<Transport> bus() const {
+    std::lock_guard<std::mutex> lock(transport_mu);
+    return transport;
+  }
   std::string ack_inbox;
   std::mutex outgoing_mu;
   std::unordered_map<std::string, std::shared_ptr<Outgoing>> outgoing;

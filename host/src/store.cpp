@@ -507,14 +507,24 @@ void Store::inbox_record_async(std::string_view id, std::string_view bytes,
               [result, done = std::move(done)](std::exception_ptr e) { done(e, *result); });
 }
 
-void Store::inbox_set_state(std::string_view id, std::string_view state) {
-  check_id("inbox_set_state", id);
-  check_inbox_state(state);
-  write([k = std::string(id), s = std::string(state)](WriteTxn& t) {
+static WriteFn inbox_state_fn(std::string_view id, std::string_view state) {
+  return [k = std::string(id), s = std::string(state)](WriteTxn& t) {
     auto existing = t.get(Db::inbox, k);
     if (!existing) throw StoreError("inbox_set_state: no message '" + k + "' in the inbox");
     t.put(Db::inbox, k, encode_inbox(s, now_ms(), decode_inbox(*existing, k).bytes));
-  });
+  };
+}
+
+void Store::inbox_set_state(std::string_view id, std::string_view state) {
+  check_id("inbox_set_state", id);
+  check_inbox_state(state);
+  write(inbox_state_fn(id, state));
+}
+
+void Store::inbox_set_state_async(std::string_view id, std::string_view state, DoneFn done) {
+  check_id("inbox_set_state", id);
+  check_inbox_state(state);
+  write_async(inbox_state_fn(id, state), std::move(done));
 }
 
 std::optional<InboxEntry> Store::inbox_get(std::string_view id) const {

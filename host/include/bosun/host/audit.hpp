@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
@@ -20,10 +21,12 @@ class AuditLog {
 
   // `kind`: "accepted", "received", "reply", "rejected", ...
   void append(std::string_view kind, const nlohmann::json& message);
+  void flush();
 
  private:
   std::mutex mu_;
   std::FILE* out_ = nullptr;
+  std::chrono::steady_clock::time_point last_flush_{};
 };
 
 }  // namespace bosun::host

@@ -122,6 +122,7 @@ class Store {
   void inbox_record_async(std::string_view id, std::string_view bytes,
                           std::function<void(std::exception_ptr, InboxResult)> done);
   void inbox_set_state(std::string_view id, std::string_view state);
+  void inbox_set_state_async(std::string_view id, std::string_view state, DoneFn done);
   std::optional<InboxEntry> inbox_get(std::string_view id) const;
   std::vector<std::string> inbox_pending() const;  // ids not "done", in id order
   size_t inbox_prune(int64_t older_than_ms);       // forgets "done" entries; returns count
