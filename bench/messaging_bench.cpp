@@ -1,0 +1,526 @@
+// bosun's node-to-node messaging against raw nats.c, over one nats-server of
+// our own on a free loopback port (DESIGN §5):
+//   (a) raw nats.c, two SendAsap connections, an echo responder on one:
+//       sequential request/reply round trips (p50/p99) and requests/s with
+//       kInFlight outstanding, replies taken on one inbox subscription;
+//   (b) two in-process nodes, "central" and "ship1": central submits
+//       {"toNode":"ship1","method":"ping"} and waits for the final reply;
+//       sequential p50/p99 and requests/s with kInFlight outstanding,
+//       storage.sync "interval" (the default);
+//   (c) the same with storage.sync "always";
+//   (d) the median fsync of the data folder's disk.
+// Every phase is bounded in count and stops after kPhaseLimit whatever
+// happens. Human-readable lines first; the last line is one JSON object.
+#include <nats/nats.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <bosun/host/audit.hpp>
+#include <bosun/host/config.hpp>
+#include <bosun/host/message.hpp>
+#include <bosun/host/node.hpp>
+#include <bosun/host/store.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "nats_server.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr auto kPhaseLimit = 20s;
+constexpr auto kWaitOne = 5s;  // one raw request
+constexpr auto kGrace = 10s;   // for what is in flight when a phase stops
+constexpr int kRawRoundTrips = 3000;
+constexpr int kBosunRoundTrips = 2000;
+constexpr int kWarmup = 100;
+constexpr int kInFlight = 64;
+constexpr int kRawRequests = 200000;
+constexpr int kBosunRequests = 20000;
+// Node::submit blocks until the message is in the outbox, as it does for
+// the socket server's sessions; several submitters let writes group-commit.
+constexpr int kSubmitters = 4;
+
+double micros(Clock::duration d) {
+  return std::chrono::duration<double, std::micro>(d).count();
+}
+
+struct Latency {
+  std::vector<double> us;
+  bool complete = true;  // false: stopped by kPhaseLimit or a lost reply
+  double pct(double p) const {
+    if (us.empty()) return -1;
+    std::vector<double> v = us;
+    std::sort(v.begin(), v.end());
+    return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
+  }
+};
+
+struct Throughput {
+  uint64_t done = 0;
+  uint64_t wanted = 0;
+  double seconds = 0;
+  double rps() const { return seconds > 0 ? static_cast<double>(done) / seconds : 0; }
+};
+
+void print_phase(const char* name, const Latency& l, const Throughput& t) {
+  std::printf(
+      "%-28s sequential: %zu round trips%s, p50 %.1f us, p99 %.1f us; "
+      "%d in flight: %llu/%llu in %.2f s = %.0f requests/s\n",
+      name, l.us.size(), l.complete ? "" : " (stopped early)", l.pct(0.5), l.pct(0.99), kInFlight,
+      static_cast<unsigned long long>(t.done), static_cast<unsigned long long>(t.wanted), t.seconds,
+      t.rps());
+  std::fflush(stdout);
+}
+
+// Up to `limit` requests outstanding; replies release their slot.
+class Window {
+ public:
+  explicit Window(int limit) : limit_(limit) {}
+
+  // Waits for a free slot; false when `deadline` passed first.
+  bool acquire(Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_until(lock, deadline, [&] { return outstanding_ < limit_; })) return false;
+    ++outstanding_;
+    return true;
+  }
+  void release(bool answered) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
+    if (answered) {
+      ++done_;
+      last_ = Clock::now();
+    }
+    cv_.notify_all();
+  }
+  // Waits until nothing is outstanding; false when `deadline` passed first.
+  bool drain(Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_until(lock, deadline, [&] { return outstanding_ == 0; });
+  }
+  uint64_t done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+  Clock::time_point last() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int limit_;
+  int outstanding_ = 0;
+  uint64_t done_ = 0;
+  Clock::time_point last_{};
+};
+
+// `total` sends by `threads` threads through `window`, stopping at the phase
+// limit. `send` returns false when the request could not be sent (its slot
+// is then given back unanswered).
+Throughput run_window(Window& window, int total, int threads, const std::function<bool()>& send) {
+  const auto start = Clock::now();
+  const auto deadline = start + kPhaseLimit;
+  std::atomic<int> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      while (!failed && next.fetch_add(1) < total) {
+        if (!window.acquire(deadline)) return;
+        if (!send()) {
+          window.release(false);
+          failed = true;
+        }
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  window.drain(deadline);
+  if (failed) throw std::runtime_error("a request could not be sent");
+  Throughput out;
+  out.wanted = static_cast<uint64_t>(total);
+  out.done = window.done();
+  out.seconds =
+      std::chrono::duration<double>((out.done == out.wanted ? window.last() : Clock::now()) - start)
+          .count();
+  // Not counted: let what is still in flight finish, so that the nodes are
+  // stopped quiet (stopping a node mid-traffic is not what is measured).
+  window.drain(Clock::now() + kGrace);
+  return out;
+}
+
+// ----------------------------------------------------------- raw nats.c ---
+
+void check(natsStatus s, const char* what) {
+  if (s == NATS_OK) return;
+  natsStatus last = NATS_OK;
+  const char* detail = nats_GetLastError(&last);
+  throw std::runtime_error(std::string("nats.c ") + what + ": " + natsStatus_GetText(s) + " " +
+                           (detail != nullptr ? detail : ""));
+}
+
+struct Conn {
+  natsConnection* nc = nullptr;
+  Conn(const std::string& url, const char* name) {
+    natsOptions* opts = nullptr;
+    check(natsOptions_Create(&opts), "options");
+    natsStatus s = natsOptions_SetURL(opts, url.c_str());
+    if (s == NATS_OK) s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
+    if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
+    natsOptions_Destroy(opts);
+    check(s, "connect");
+  }
+  ~Conn() {
+    natsConnection_Close(nc);
+    natsConnection_Destroy(nc);
+  }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+};
+
+struct Sub {
+  natsSubscription* sub = nullptr;
+  Sub(natsConnection* nc, const std::string& subject, natsMsgHandler cb, void* closure) {
+    check(natsConnection_Subscribe(&sub, nc, subject.c_str(), cb, closure), "subscribe");
+    check(natsConnection_FlushTimeout(nc, 5000), "flush");
+  }
+  ~Sub() {
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+  }
+  Sub(const Sub&) = delete;
+  Sub& operator=(const Sub&) = delete;
+};
+
+void echo(natsConnection* nc, natsSubscription*, natsMsg* msg, void*) {
+  if (const char* reply = natsMsg_GetReply(msg)) {
+    natsConnection_Publish(nc, reply, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+  }
+  natsMsg_Destroy(msg);
+}
+
+void release_slot(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  natsMsg_Destroy(msg);
+  static_cast<Window*>(closure)->release(true);
+}
+
+void run_raw(const std::string& url, Latency& lat, Throughput& tp) {
+  // Declared before the connections: a late reply may still touch it.
+  Window window(kInFlight);
+  Conn responder(url, "bench-responder");
+  Conn requester(url, "bench-requester");
+  Sub echo_sub(responder.nc, "bench.echo", echo, nullptr);
+  const std::string payload(64, 'x');
+  const int len = static_cast<int>(payload.size());
+
+  const auto deadline = Clock::now() + kPhaseLimit;
+  for (int i = 0; i < kWarmup + kRawRoundTrips; ++i) {
+    if (Clock::now() >= deadline) {
+      lat.complete = false;
+      break;
+    }
+    natsMsg* reply = nullptr;
+    auto start = Clock::now();
+    check(natsConnection_Request(&reply, requester.nc, "bench.echo", payload.data(), len,
+                                 std::chrono::milliseconds(kWaitOne).count()),
+          "request");
+    auto end = Clock::now();
+    natsMsg_Destroy(reply);
+    if (i >= kWarmup) lat.us.push_back(micros(end - start));
+  }
+
+  char* inbox = nullptr;
+  check(natsInbox_Create(&inbox), "inbox");
+  const std::string prefix = std::string(inbox) + ".";
+  natsInbox_Destroy(inbox);
+  Sub reply_sub(requester.nc, prefix + "*", release_slot, &window);
+  // Lift the subscription's pending limits: kInFlight is far below them, but
+  // a slow-consumer drop would stall the window.
+  check(natsSubscription_SetPendingLimits(reply_sub.sub, -1, -1), "pending limits");
+  std::atomic<uint64_t> n{0};
+  tp = run_window(window, kRawRequests, 1, [&] {
+    std::string reply = prefix + std::to_string(n++);
+    return natsConnection_PublishRequest(requester.nc, "bench.echo", reply.c_str(), payload.data(),
+                                         len) == NATS_OK;
+  });
+}
+
+// ---------------------------------------------------------- bosun nodes ---
+
+// Counts final replies; any that is not a "pong" is an error.
+class PingWaiter : public bosun::host::ReplyWaiter {
+ public:
+  explicit PingWaiter(std::shared_ptr<Window> window = nullptr) : window_(std::move(window)) {}
+
+  void on_reply(const bosun::host::Message& reply) override {
+    if (!reply.final_reply) return;
+    bool good = reply.status == "ok" && reply.data == "pong";
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++finals_;
+      if (!good && error_.empty()) {
+        error_ = "reply " + reply.id + " to " + reply.in_reply_to + ": status \"" + reply.status +
+                 "\", data \"" + reply.data + "\", error \"" + reply.error + "\"";
+      }
+    }
+    cv_.notify_all();
+    if (window_) window_->release(good);
+  }
+  bool wait_finals(uint64_t n, Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_until(lock, deadline, [&] { return finals_ >= n; });
+  }
+  std::string error() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return error_;
+  }
+
+ private:
+  std::shared_ptr<Window> window_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t finals_ = 0;
+  std::string error_;
+};
+
+class RunningNode {
+ public:
+  RunningNode(const fs::path& root, const std::string& name, const std::string& url,
+              const std::string& sync) {
+    nlohmann::json doc = {{"node", {{"name", name}, {"dataDir", name}}},
+                          {"broker", {{"servers", {url}}}},
+                          {"plugins", {{"dir", "plugins"}}},
+                          {"storage", {{"sync", sync}}}};
+    node_ = std::make_unique<bosun::host::Node>(bosun::host::parse_config(doc, root));
+    node_->start();
+    loop_ = std::thread([n = node_.get()] { n->run(); });
+  }
+  ~RunningNode() {
+    node_->stop();
+    loop_.join();
+  }
+  RunningNode(const RunningNode&) = delete;
+  RunningNode& operator=(const RunningNode&) = delete;
+  bosun::host::Node& node() { return *node_; }
+
+ private:
+  std::unique_ptr<bosun::host::Node> node_;
+  std::thread loop_;
+};
+
+const nlohmann::json kPing = {{"toNode", "ship1"}, {"method", "ping"}};
+
+bool submit_ping(bosun::host::Node& from, const std::shared_ptr<PingWaiter>& waiter) {
+  auto r = from.submit(kPing, waiter);
+  if (r.accepted.size() == 1) return true;
+  std::fprintf(stderr, "messaging_bench: ping not accepted: %s\n", r.to_json().dump().c_str());
+  return false;
+}
+
+void run_bosun(const fs::path& root, const std::string& url, const std::string& sync, Latency& lat,
+               Throughput& tp) {
+  fs::path dir = root / sync;
+  fs::create_directories(dir / "plugins");
+  ::chmod(dir.c_str(), 0755);
+  ::chmod((dir / "plugins").c_str(), 0755);
+  RunningNode ship1(dir, "ship1", url, sync);
+  RunningNode central(dir, "central", url, sync);
+
+  // The first ping also waits for both nodes to reach the broker.
+  auto seq = std::make_shared<PingWaiter>();
+  uint64_t sent = 0;
+  if (!submit_ping(central.node(), seq)) throw std::runtime_error("warm-up ping not accepted");
+  if (!seq->wait_finals(++sent, Clock::now() + kPhaseLimit)) {
+    throw std::runtime_error("no answer to the first ping from central to ship1 within 20 s");
+  }
+
+  Latency submit;
+  const auto deadline = Clock::now() + kPhaseLimit;
+  for (int i = 0; i < kWarmup + kBosunRoundTrips; ++i) {
+    auto start = Clock::now();
+    if (start >= deadline) {
+      lat.complete = false;
+      break;
+    }
+    if (!submit_ping(central.node(), seq)) throw std::runtime_error("ping not accepted");
+    auto submitted = Clock::now();
+    if (!seq->wait_finals(++sent, deadline)) {
+      lat.complete = false;
+      break;
+    }
+    if (i >= kWarmup) {
+      lat.us.push_back(micros(Clock::now() - start));
+      submit.us.push_back(micros(submitted - start));
+    }
+  }
+  std::printf("  central's Node::submit() alone (until the outbox has it): p50 %.1f us\n",
+              submit.pct(0.5));
+  seq->wait_finals(sent, Clock::now() + kGrace);
+  if (!seq->error().empty()) throw std::runtime_error(seq->error());
+
+  auto window = std::make_shared<Window>(kInFlight);
+  auto many = std::make_shared<PingWaiter>(window);
+  tp = run_window(*window, kBosunRequests, kSubmitters,
+                  [&] { return submit_ping(central.node(), many); });
+  if (!many->error().empty()) throw std::runtime_error(many->error());
+  std::printf("  counters central %s\n  counters ship1   %s\n",
+              central.node().counters().dump().c_str(), ship1.node().counters().dump().c_str());
+}
+
+// Where a bosun round trip's time goes, part by part, each timed alone on
+// this machine (`messaging_bench parts`).
+void run_parts(const fs::path& root) {
+  using bosun::host::Store;
+  auto per_op = [](int n, const std::function<void(int)>& op) {
+    auto start = Clock::now();
+    for (int i = 0; i < n; ++i) op(i);
+    return micros(Clock::now() - start) / n;
+  };
+  auto store_write = [&](bosun::host::SyncMode mode, const char* dir, int n) {
+    bosun::host::StoreOptions o;
+    o.sync = mode;
+    Store store(root / dir, o);
+    return per_op(n, [&](int i) {
+      store.write([i](bosun::host::WriteTxn& t) {
+        t.put(bosun::host::Db::inbox, "k" + std::to_string(i), std::string(300, 'x'));
+      });
+    });
+  };
+  std::printf("parts (each the mean of a sequential loop):\n");
+  std::printf("  Store::write, one small put, sync interval: %8.1f us\n",
+              store_write(bosun::host::SyncMode::interval, "parts-interval", 2000));
+  std::printf("  Store::write, one small put, sync always:   %8.1f us\n",
+              store_write(bosun::host::SyncMode::always, "parts-always", 100));
+
+  bosun::host::Message m = bosun::host::parse_message(kPing, "ping");
+  m.id = bosun::host::new_message_id();
+  m.from_node = "central";
+  m.sent_at_ms = bosun::host::now_ms();
+  std::string bytes = bosun::host::to_json(m).dump();
+  std::printf("  a ping on the wire: %zu bytes: %s\n", bytes.size(), bytes.c_str());
+  std::printf("  to_json(Message).dump():                    %8.1f us\n",
+              per_op(20000, [&](int) { bytes = bosun::host::to_json(m).dump(); }));
+  std::printf("  json::parse + parse_message:                %8.1f us\n", per_op(20000, [&](int) {
+                m = bosun::host::parse_message(nlohmann::json::parse(bytes), "m");
+              }));
+  std::printf("  new_message_id():                           %8.1f us\n",
+              per_op(20000, [&](int) { m.id = bosun::host::new_message_id(); }));
+  {
+    bosun::host::AuditLog audit(root / "parts-audit.log");
+    nlohmann::json j = bosun::host::to_json(m);
+    std::printf("  AuditLog::append:                           %8.1f us\n",
+                per_op(20000, [&](int) { audit.append("received", j); }));
+  }
+  // One hand-off between threads, as from a nats.c thread to the store's
+  // writer and on to a worker: a condition-variable ping-pong.
+  std::mutex mu;
+  std::condition_variable cv;
+  int turn = 0;
+  const int hops = 20000;
+  std::thread other([&] {
+    for (int i = 0; i < hops / 2; ++i) {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return turn % 2 == 1; });
+      ++turn;
+      cv.notify_all();
+    }
+  });
+  double hop = per_op(hops / 2,
+                      [&](int) {
+                        std::unique_lock<std::mutex> lock(mu);
+                        ++turn;
+                        cv.notify_all();
+                        cv.wait(lock, [&] { return turn % 2 == 0; });
+                      }) /
+               2;
+  other.join();
+  std::printf("  one thread hand-off (condition variable):   %8.1f us\n", hop);
+}
+
+double ratio(double a, double b) {
+  return b > 0 ? a / b : -1;
+}
+
+int run(std::vector<std::string> phases) {
+  if (phases.empty()) phases = {"raw", "interval", "always", "fsync"};
+  auto want = [&](const char* p) {
+    return std::find(phases.begin(), phases.end(), p) != phases.end();
+  };
+  bosun::test::NatsServer server;
+  bosun::test::TempDir root;
+  std::printf("nats-server %s, data under %s\n", server.url().c_str(), root.path().c_str());
+
+  Latency raw_lat, bosun_lat, sync_lat;
+  Throughput raw_tp, bosun_tp, sync_tp;
+  double fsync_us = -1;
+  if (want("raw")) {
+    run_raw(server.url(), raw_lat, raw_tp);
+    print_phase("raw nats.c", raw_lat, raw_tp);
+  }
+  if (want("interval")) {
+    run_bosun(root.path(), server.url(), "interval", bosun_lat, bosun_tp);
+    print_phase("bosun (sync interval)", bosun_lat, bosun_tp);
+  }
+  if (want("always")) {
+    run_bosun(root.path(), server.url(), "always", sync_lat, sync_tp);
+    print_phase("bosun (sync always)", sync_lat, sync_tp);
+  }
+  if (want("fsync")) {
+    fsync_us = bosun::host::measure_fsync_p50_us(root.path(), 50);
+    std::printf("fsync p50 of %s: %.1f us\n", root.path().c_str(), fsync_us);
+  }
+  if (want("parts")) run_parts(root.path());
+  std::fflush(stdout);
+
+  std::printf(
+      "{\"bench\": \"messaging\", \"raw_rps\": %.0f, \"bosun_rps\": %.0f, \"raw_p50_us\": %.1f, "
+      "\"bosun_p50_us\": %.1f, \"raw_p99_us\": %.1f, \"bosun_p99_us\": %.1f, "
+      "\"bosun_sync_rps\": %.0f, \"bosun_sync_p50_us\": %.1f, \"fsync_p50_us\": %.1f, "
+      "\"rps_ratio\": %.3f, \"p50_ratio\": %.2f}\n",
+      raw_tp.rps(), bosun_tp.rps(), raw_lat.pct(0.5), bosun_lat.pct(0.5), raw_lat.pct(0.99),
+      bosun_lat.pct(0.99), sync_tp.rps(), sync_lat.pct(0.5), fsync_us,
+      ratio(bosun_tp.rps(), raw_tp.rps()), ratio(bosun_lat.pct(0.5), raw_lat.pct(0.5)));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);
+  std::vector<std::string> phases(argv + 1, argv + argc);
+  for (const auto& p : phases) {
+    if (p != "raw" && p != "interval" && p != "always" && p != "fsync" && p != "parts") {
+      std::fprintf(stderr,
+                   "messaging_bench: unknown phase \"%s\"; phases: raw interval always fsync "
+                   "parts (default: all but parts)\n",
+                   p.c_str());
+      return 2;
+    }
+  }
+  int rc = 1;
+  try {
+    rc = run(phases);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "messaging_bench: %s\n", e.what());
+  }
+  nats_Close();
+  return rc;
+}

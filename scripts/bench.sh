@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs every benchmark of a build (`make bench` builds them): prints each
+# one's output, then a summary of their JSON result lines against the goals.
+# Exits non-zero when a benchmark is missing or fails.
+#   usage: scripts/bench.sh BUILD_DIR
+set -uo pipefail
+
+if [[ $# -ne 1 ]]; then
+  echo "usage: $0 BUILD_DIR" >&2
+  exit 2
+fi
+bin="$1/bin"
+benches=(abi_bench raw_nats_bench messaging_bench)
+results=()
+failed=()
+
+for b in "${benches[@]}"; do
+  exe="$bin/$b"
+  echo "=== $b"
+  if [[ ! -x "$exe" ]]; then
+    echo "$b: no executable at $exe (configure with -DBOSUN_BUILD_BENCH=ON and build)" >&2
+    failed+=("$b (missing)")
+    continue
+  fi
+  out=$(mktemp)
+  # A bench bounds its own phases; this only catches one that hangs.
+  timeout 300 "$exe" | tee "$out"
+  rc=${PIPESTATUS[0]}
+  if [[ $rc -ne 0 ]]; then
+    echo "$b: exited with status $rc" >&2
+    failed+=("$b (exit $rc)")
+  else
+    line=$(grep '^{' "$out" | tail -n 1)
+    if [[ -z "$line" ]]; then
+      echo "$b: printed no JSON result line" >&2
+      failed+=("$b (no result)")
+    else
+      results+=("$line")
+    fi
+  fi
+  rm -f "$out"
+  echo
+done
+
+echo "=== summary"
+for r in "${results[@]}"; do echo "$r"; done
+if command -v python3 >/dev/null && [[ ${#results[@]} -gt 0 ]]; then
+  printf '%s\n' "${results[@]}" | python3 -c '
+import json, sys
+goals = {
+    "abi": [("added_ns", "<", 100, "ns added per call by the ABI")],
+    "messaging": [("rps_ratio", ">=", 0.5, "bosun requests/s over raw nats.c"),
+                  ("p50_ratio", "<=", 3, "bosun p50 latency over raw nats.c")],
+}
+for line in sys.stdin:
+    r = json.loads(line)
+    for key, op, goal, what in goals.get(r.get("bench"), []):
+        v = r.get(key)
+        if v is None:
+            continue
+        ok = v < goal if op == "<" else v >= goal if op == ">=" else v <= goal
+        name, status = r["bench"], "met" if ok else "MISSED"
+        print(f"{name:>10}: {what}: {key} = {v} (goal {op} {goal}) {status}")
+'
+fi
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi
