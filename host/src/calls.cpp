@@ -363,6 +363,11 @@ bosun_status api_reply(bosun_call* call, const char* data, size_t len) {
   if (arm) {
     auto* node = call->node;
     asio::post(node->io, [self] {
+      {
+        // Most handlers have returned by now, their one reply sent as final.
+        std::lock_guard<std::mutex> lock(self->mu);
+        if (self->finished) return;
+      }
       if (!self->flush_timer)
         self->flush_timer = std::make_unique<asio::steady_timer>(self->node->io);
       self->flush_timer->expires_after(kFlushDelay);

@@ -280,7 +280,10 @@ void Node::Impl::dispatch_request(Message m, bool tracked) {
     send_reply(m, "", true, 0, error);
     return;
   }
-  start_call(std::move(m), it->second, false, tracked);
+  // A message from the bus is already on a worker thread: run it right here
+  // rather than queueing it again (serial methods keep their strand).
+  bool here = tracked && !it->second.serial;
+  start_call(std::move(m), it->second, here, tracked);
 }
 
 void Node::Impl::handle_reply(Message m, bool tracked) {

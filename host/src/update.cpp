@@ -359,8 +359,9 @@ json Node::Impl::update_settings(const std::string& name, const json& patch) {
 
 void Node::Impl::end_probation(const std::string& name) {
   if (!store) return;
-  store->write([key = "probation/" + name](WriteTxn& t) { t.del(Db::meta, key); });
-  spdlog::info("module {}: probation over", name);
+  bool had = false;
+  store->write([key = "probation/" + name, &had](WriteTxn& t) { had = t.del(Db::meta, key); });
+  if (had) spdlog::info("module {}: probation over; this version stays", name);
 }
 
 std::optional<fs::path> Node::Impl::recorded_module_path(const std::string& name,
