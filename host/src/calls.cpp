@@ -282,22 +282,27 @@ void Node::Impl::register_builtins(MethodTable& t) {
   add("plugin_list", "every plugin with its version, state and methods",
       [this, reply](bosun_call* c) {
         nlohmann::json out = nlohmann::json::array();
-        std::lock_guard<std::mutex> lock(plugins_mu);
-        for (const auto& p : plugin_infos) out.push_back(p.to_json());
+        {
+          std::lock_guard<std::mutex> lock(plugins_mu);
+          for (const auto& p : plugin_infos) out.push_back(p.to_json());
+        }
         reply(c, out.dump());
         return BOSUN_OK;
       });
   add("op_process_list", "the calls running on this node", [this, reply](bosun_call* c) {
     nlohmann::json out = nlohmann::json::array();
     int64_t now = now_ms();
-    std::lock_guard<std::mutex> lock(calls_mu);
-    for (const auto& [id, call] : running) {
-      if (call.get() == c) continue;
-      out.push_back({{"id", id},
-                     {"method", call->msg.method},
-                     {"fromNode", call->msg.from_node},
-                     {"startedAt", call->started_ms},
-                     {"elapsedMs", now - call->started_ms}});
+    {
+      // Not held across reply(): it takes calls_mu itself.
+      std::lock_guard<std::mutex> lock(calls_mu);
+      for (const auto& [id, call] : running) {
+        if (call.get() == c) continue;
+        out.push_back({{"id", id},
+                       {"method", call->msg.method},
+                       {"fromNode", call->msg.from_node},
+                       {"startedAt", call->started_ms},
+                       {"elapsedMs", now - call->started_ms}});
+      }
     }
     reply(c, out.dump());
     return BOSUN_OK;

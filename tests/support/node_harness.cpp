@@ -68,17 +68,34 @@ fs::path NodeSetup::write_config(const std::string& file_name) const {
 RunningNode::RunningNode(host::Config config)
     : socket_(config.socket_path()), node_(std::make_unique<host::Node>(std::move(config))) {
   node_->start();
-  thread_ = std::thread([n = node_.get()] { n->run(); });
+  thread_ = std::thread([n = node_.get(), done = done_] {
+    n->run();
+    std::lock_guard<std::mutex> lock(done->mu);
+    done->done = true;
+    done->cv.notify_all();
+  });
 }
 
 RunningNode::~RunningNode() {
   stop();
 }
 
-void RunningNode::stop() {
+void RunningNode::stop(std::chrono::milliseconds timeout) {
   if (!node_) return;
   node_->stop();
-  if (thread_.joinable()) thread_.join();
+  bool stopped;
+  {
+    std::unique_lock<std::mutex> lock(done_->mu);
+    stopped = done_->cv.wait_for(lock, timeout, [&] { return done_->done; });
+  }
+  if (!stopped) {
+    ADD_FAILURE() << "node did not stop within " << timeout.count()
+                  << " ms (a deadlock in the host?); leaving it behind";
+    thread_.detach();
+    (void)node_.release();
+    return;
+  }
+  thread_.join();
   node_.reset();
 }
 

@@ -80,12 +80,20 @@ class RunningNode {
   host::Node* operator->() { return node_.get(); }
   std::filesystem::path socket() const { return socket_; }
   // Stops the loop, joins the thread and destroys the Node (modules unloaded,
-  // storage closed). Idempotent.
-  void stop();
+  // storage closed). Idempotent. A node still running after `timeout` is
+  // wedged: the test fails and the node is left behind (leaked), so a host
+  // deadlock fails one test instead of hanging the whole run.
+  void stop(std::chrono::milliseconds timeout = 20s);
 
  private:
+  struct Done {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  };
   std::filesystem::path socket_;
   std::unique_ptr<host::Node> node_;
+  std::shared_ptr<Done> done_ = std::make_shared<Done>();
   std::thread thread_;
 };
 
