@@ -147,19 +147,21 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
       seq = call->next_seq++;
     }
   }
-  if (call->tracked) {
-    try {
-      mark_done(call->msg.id);
-    } catch (const std::exception& e) {
-      spdlog::error("call {}: cannot record it as done: {}", call->msg.id, e.what());
-    }
-  }
   if (send) {
     if (!error.empty()) {
       spdlog::warn("call {} ({} from {}) failed: {}", call->msg.id, call->msg.method,
                    call->msg.from_node, error);
     }
     send_reply(call->msg, data.value_or(""), true, seq, error);
+  }
+  // After the reply is in the outbox: a crash in between leaves "running",
+  // which answers "interrupted" at the next start instead of losing the reply.
+  if (call->tracked) {
+    try {
+      mark_done(call->msg.id);
+    } catch (const std::exception& e) {
+      spdlog::error("call {}: cannot record it as done: {}", call->msg.id, e.what());
+    }
   }
   asio::post(io, [call] {
     if (call->timeout_timer) call->timeout_timer->cancel();

@@ -231,6 +231,9 @@ void Node::Impl::on_ack(Incoming&& in) {
   size_t dot = in.subject.rfind('.');
   if (dot == std::string::npos) return;
   std::string id = in.subject.substr(dot + 1);
+  // Only a receiver's word counts: nats-server answers a request nobody is
+  // subscribed to with an empty "no responders" status on the same subject.
+  if (in.data != "ACK" && in.data.rfind("NAK ", 0) != 0) return;
   std::shared_ptr<Outgoing> out;
   {
     std::lock_guard<std::mutex> lock(outgoing_mu);

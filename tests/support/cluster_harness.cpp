@@ -1,0 +1,195 @@
+#include "cluster_harness.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+
+#include "node_harness.hpp"
+
+namespace bosun::test {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string tail(const std::string& text, size_t lines) {
+  size_t pos = text.size();
+  for (size_t n = 0; n <= lines && pos > 0; ++n) {
+    size_t nl = text.rfind('\n', pos - 1);
+    if (nl == std::string::npos) return text;
+    pos = nl;
+  }
+  return text.substr(pos);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------- ClusterNode ---
+
+ClusterNode::ClusterNode(std::string name, fs::path root, json config)
+    : name_(std::move(name)), root_(std::move(root)), config_(std::move(config)) {
+  fs::create_directories(plugins_dir());
+  fs::permissions(plugins_dir(), fs::perms(0755), fs::perm_options::replace);
+}
+
+ClusterNode::~ClusterNode() {
+  if (process_) process_->stop();
+}
+
+void ClusterNode::add_module(const fs::path& file) {
+  copy_module(file, plugins_dir() / file.filename());
+}
+
+void ClusterNode::start(std::chrono::milliseconds timeout) {
+  if (running()) throw std::runtime_error("node " + name_ + " is already running");
+  write_file(config_file(), config_.dump(2));
+  { std::ofstream(log_file(), std::ios::app) << "---- bosun run (" << name_ << ") ----\n"; }
+  process_ = std::make_unique<Process>(
+      std::vector<std::string>{BOSUN_BIN, "run", "--config", config_file().string()}, log_file());
+  bool up = wait_until(
+      [&] {
+        if (!process_->running()) return true;  // reported below
+        if (!fs::exists(socket())) return false;
+        try {
+          auto lines = socket_request(socket(), {{"op", "status"}}, 2s);
+          return !lines.empty() && lines[0].value("type", "") == "status";
+        } catch (const std::exception&) {
+          return false;
+        }
+      },
+      timeout, 50ms);
+  if (!up || !process_->running()) {
+    throw std::runtime_error("node " + name_ + " (`bosun run --config " + config_file().string() +
+                             "`) did not come up within " + std::to_string(timeout.count()) +
+                             " ms; its log:\n" + tail(log(), 80));
+  }
+}
+
+void ClusterNode::kill9() {
+  if (process_) process_->kill9();
+}
+
+void ClusterNode::stop() {
+  if (process_) process_->stop();
+}
+
+void ClusterNode::restart() {
+  stop();
+  start();
+}
+
+bool ClusterNode::running() const {
+  return process_ && process_->running();
+}
+
+std::string ClusterNode::log() const {
+  return fs::exists(log_file()) ? read_file(log_file()) : std::string();
+}
+
+std::vector<json> ClusterNode::send(const json& batch, bool wait, double wait_s) {
+  json request = {{"op", "send"}, {"messages", batch}, {"wait", wait}, {"timeout", wait_s}};
+  auto bound = std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000) + 10000);
+  return socket_request(socket(), request, bound);
+}
+
+json ClusterNode::status() {
+  auto lines = socket_request(socket(), {{"op", "status"}}, 5s);
+  if (lines.empty() || lines[0].value("type", "") != "status") {
+    throw std::runtime_error("node " + name_ + " answered status with " + json(lines).dump());
+  }
+  return lines[0];
+}
+
+json ClusterNode::counters() {
+  return status().at("counters");
+}
+
+uint64_t ClusterNode::counter(const std::string& name) {
+  json c = counters();
+  if (!c.contains(name)) {
+    throw std::runtime_error("node " + name_ + " has no counter \"" + name + "\": " + c.dump());
+  }
+  return c[name].get<uint64_t>();
+}
+
+// ------------------------------------------------------- ClusterHarness ---
+
+ClusterHarness::ClusterHarness(std::vector<std::string> servers) : servers_(std::move(servers)) {
+  if (servers_.empty()) {
+    nats_ = std::make_unique<NatsServer>();
+    servers_ = {nats_->url()};
+  }
+}
+
+ClusterHarness::~ClusterHarness() {
+  if (::testing::Test::HasFailure()) dump_logs();
+  // Nodes before the broker, so none spends its stop reconnecting.
+  nodes_.clear();
+}
+
+ClusterNode& ClusterHarness::add_node(const std::string& name) {
+  if (nodes_.count(name)) throw std::runtime_error("node " + name + " added twice");
+  fs::path root = dir_.path() / name;
+  json config = {
+      {"node", {{"name", name}, {"central", "central"}, {"dataDir", "data"}}},
+      {"broker",
+       {{"servers", servers_},
+        {"reconnectWait", 0.1},
+        {"reconnectJitter", 10},
+        {"connectTimeout", 2}}},
+      {"plugins", {{"dir", "plugins"}}},
+      {"defaults",
+       {{"ackTimeout", 1},
+        {"retries", 10},
+        {"replyACKTimeout", 1},
+        {"replyRetries", 10},
+        {"methodTimeout", 10}}},
+      {"host", {{"drainTimeout", 2000}}},
+      {"log", {{"level", "debug"}}},
+  };
+  auto node = std::make_unique<ClusterNode>(name, root, std::move(config));
+  node->add_module(plugin_module("sinks"));
+  ClusterNode& ref = *node;
+  nodes_[name] = std::move(node);
+  return ref;
+}
+
+ClusterNode& ClusterHarness::node(const std::string& name) {
+  auto it = nodes_.find(name);
+  if (it == nodes_.end()) throw std::runtime_error("no node " + name + " in the harness");
+  return *it->second;
+}
+
+void ClusterHarness::dump_logs(size_t lines) const {
+  for (const auto& [name, node] : nodes_) {
+    std::cerr << "==== last " << lines << " lines of " << node->log_file().string() << " ====\n"
+              << tail(node->log(), lines) << "\n";
+  }
+  if (nats_) std::cerr << "==== nats-server ====\n" << tail(nats_->log(), 40) << "\n";
+}
+
+// -------------------------------------------------------------- helpers ---
+
+std::vector<json> final_replies(const std::vector<json>& lines) {
+  std::vector<json> out;
+  for (const auto& l : lines) {
+    if (l.is_object() && l.value("type", "") == "reply" && l.value("final", false)) {
+      out.push_back(l);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> accepted_ids(const std::vector<json>& lines) {
+  std::vector<std::string> out;
+  for (const auto& l : lines) {
+    if (!l.is_object() || l.value("type", "") != "result") continue;
+    for (const auto& a : l["accepted"]) out.push_back(a.at("id").get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace bosun::test

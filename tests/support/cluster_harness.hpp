@@ -1,0 +1,111 @@
+// Several real `bosun run` nodes talking over a real nats-server, for the
+// messaging tests: each node gets its own folder, config, copied modules,
+// data and log, and can be killed, stopped and restarted with all of them.
+//
+// Layout under the harness's temp folder:
+//   <root>/<node>/bosun.json     the config, rewritten at every start
+//   <root>/<node>/plugins        plugins.dir (0755), modules copied in (0755)
+//   <root>/<node>/data           node.dataDir, kept across restarts
+//   <root>/<node>/bosun-run.log  stdout and stderr of every run, appended
+// On a test failure the harness prints the tail of every node's log.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "nats_server.hpp"
+#include "test_util.hpp"
+
+namespace bosun::test {
+
+using namespace std::chrono_literals;
+
+class ClusterNode {
+ public:
+  ClusterNode(std::string name, std::filesystem::path root, nlohmann::json config);
+  ~ClusterNode();
+  ClusterNode(const ClusterNode&) = delete;
+  ClusterNode& operator=(const ClusterNode&) = delete;
+
+  const std::string& name() const { return name_; }
+  const std::filesystem::path& root() const { return root_; }
+  std::filesystem::path plugins_dir() const { return root_ / "plugins"; }
+  std::filesystem::path data_dir() const { return root_ / "data"; }
+  std::filesystem::path socket() const { return data_dir() / "bosun.sock"; }
+  std::filesystem::path config_file() const { return root_ / "bosun.json"; }
+  std::filesystem::path log_file() const { return root_ / "bosun-run.log"; }
+
+  // The config document; edits take effect at the next start().
+  nlohmann::json& config() { return config_; }
+  // Copies a module file into plugins_dir() (mode 0755).
+  void add_module(const std::filesystem::path& file);
+
+  // Writes the config, runs `bosun run --config FILE` and waits until the
+  // socket answers {"op":"status"}. Throws std::runtime_error with the log
+  // when it does not come up within `timeout`.
+  void start(std::chrono::milliseconds timeout = 30s);
+  void kill9();    // SIGKILL and reap; data stays
+  void stop();     // SIGTERM and wait
+  void restart();  // stop if running, start again with the same config and data
+  bool running() const;
+
+  std::string log() const;
+
+  // Sends `batch` through the socket ({"op":"send"}) and returns every line
+  // the node answers. With `wait` the node waits up to `wait_s` for the
+  // replies; the call itself is bounded by wait_s + 10 s.
+  std::vector<nlohmann::json> send(const nlohmann::json& batch, bool wait = true,
+                                   double wait_s = 20);
+  nlohmann::json status();    // the {"type":"status"} line
+  nlohmann::json counters();  // status()["counters"]
+  uint64_t counter(const std::string& name);
+
+ private:
+  std::string name_;
+  std::filesystem::path root_;
+  nlohmann::json config_;
+  std::unique_ptr<Process> process_;
+};
+
+class ClusterHarness {
+ public:
+  // Starts its own nats-server when `servers` is empty; otherwise every node
+  // uses `servers` unless its config says otherwise.
+  explicit ClusterHarness(std::vector<std::string> servers = {});
+  ~ClusterHarness();  // prints every node's log tail when the test failed
+  ClusterHarness(const ClusterHarness&) = delete;
+  ClusterHarness& operator=(const ClusterHarness&) = delete;
+
+  // Null when the harness was given servers.
+  NatsServer* nats() { return nats_.get(); }
+  const std::vector<std::string>& servers() const { return servers_; }
+  const std::filesystem::path& root() const { return dir_.path(); }
+
+  // A node named `name` with the central node "central", the sinks module,
+  // ACKTimeout 1 s with 10 retries (replies too), reconnectWait 0.1 s and
+  // log level debug. Not started: edit config() and add modules first.
+  ClusterNode& add_node(const std::string& name);
+  ClusterNode& node(const std::string& name);
+
+  // Prints the last `lines` lines of every node's log to stderr.
+  void dump_logs(size_t lines = 150) const;
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<NatsServer> nats_;
+  std::vector<std::string> servers_;
+  std::map<std::string, std::unique_ptr<ClusterNode>> nodes_;
+};
+
+// The lines of a send answer that are final replies.
+std::vector<nlohmann::json> final_replies(const std::vector<nlohmann::json>& lines);
+// The ids the node accepted ({"type":"result"} line), in order.
+std::vector<std::string> accepted_ids(const std::vector<nlohmann::json>& lines);
+
+}  // namespace bosun::test
