@@ -97,7 +97,8 @@ void Node::stop() {
 
 void Node::Impl::shutdown() {
   std::lock_guard<std::mutex> once(shutdown_mu);
-  if (!pool) return;
+  if (shut_down) return;
+  shut_down = true;
   stopping = true;
   {
     std::lock_guard<std::mutex> lock(calls_mu);
@@ -117,7 +118,7 @@ void Node::Impl::shutdown() {
   }
   {
     std::lock_guard<std::mutex> lock(drains_mu);
-    for (auto& t : drains) t.join();
+    for (auto& d : drains) d.thread.join();
     drains.clear();
   }
   // A clean stop is no crash: versions on probation stay.
@@ -136,8 +137,7 @@ void Node::Impl::shutdown() {
     }
   }
   unload_all();
-  pool->join();
-  pool.reset();
+  pool->join();  // destroyed with the node, after io
   socket.reset();
   store.reset();
   audit.reset();

@@ -148,9 +148,12 @@ struct Node::Impl {
 
   Config config;
   std::string data_dir_text;
+  // The pool outlives the io_context: handlers still queued on io when it is
+  // destroyed may hold strands of the pool.
+  std::unique_ptr<asio::thread_pool> pool;
   asio::io_context io;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
-  std::unique_ptr<asio::thread_pool> pool;
+  bool shut_down = false;
   std::unique_ptr<Store> store;
   std::unique_ptr<AuditLog> audit;
   std::unique_ptr<SocketServer> socket;
@@ -248,15 +251,19 @@ struct Node::Impl {
                           std::chrono::steady_clock::time_point deadline);
 
   // update.cpp
-  std::mutex update_mu;             // one update at a time
-  std::vector<std::thread> drains;  // old versions being drained
+  std::mutex update_mu;  // one update at a time
+  struct Drain {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Drain> drains;  // old versions being drained
   std::mutex drains_mu;
   nlohmann::json update_module(const std::string& name, const std::filesystem::path& path,
                                const std::string& expect_version);
   std::string probe_module(const std::filesystem::path& path, const std::string& name);
   std::optional<std::filesystem::path> recorded_module_path(const std::string& name,
                                                             std::string* rollback_note);
-  void end_probation(const std::string& name);
+  void end_probation(const std::string& name, int64_t started_ms = 0);
   nlohmann::json update_settings(const std::string& name, const nlohmann::json& patch);
   std::vector<nlohmann::json> pending_update_results;  // rollbacks found at start
   std::shared_ptr<ModuleInstance> init_module(std::unique_ptr<ModuleFile> file,
