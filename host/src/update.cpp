@@ -173,8 +173,14 @@ std::string Node::Impl::probe_module(const fs::path& path, const std::string& na
     text.append(buf, static_cast<size_t>(n));
   }
   ::close(fds[0]);
+  // EOF on the pipe comes a moment before the child can be reaped.
   int status = 0;
-  if (::waitpid(pid, &status, WNOHANG) == 0) {
+  pid_t reaped = 0;
+  while ((reaped = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    ::usleep(1000);
+  }
+  if (reaped == 0) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, &status, 0);
     return "the probe did not finish within 15 s";
@@ -296,12 +302,29 @@ json Node::Impl::update_module(const std::string& name, const fs::path& path,
     store->meta_put("probation/" + name, probation.dump());
     auto deadline =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(config.host.drain_timeout_ms);
-    std::lock_guard<std::mutex> lock(drains_mu);
-    drains.emplace_back([this, old, deadline] { drain_and_shutdown(old, deadline); });
+    {
+      std::lock_guard<std::mutex> lock(drains_mu);
+      // Join the drains that are over, so a hundred updates keep no threads.
+      for (auto it = drains.begin(); it != drains.end();) {
+        if (it->done->load()) {
+          it->thread.join();
+          it = drains.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      drains.push_back({std::thread([this, old, deadline, done] {
+                          drain_and_shutdown(old, deadline);
+                          *done = true;
+                        }),
+                        done});
+    }
     auto timer = std::make_shared<asio::steady_timer>(io);
     timer->expires_after(std::chrono::milliseconds(config.plugins.probation_ms));
-    timer->async_wait([this, name, timer](const boost::system::error_code& ec) {
-      if (!ec) asio::post(*pool, [this, name] { end_probation(name); });
+    int64_t started = probation["startedMs"];
+    timer->async_wait([this, name, timer, started](const boost::system::error_code& ec) {
+      if (!ec) asio::post(*pool, [this, name, started] { end_probation(name, started); });
     });
   }
   store->meta_put("active/" + name, active.dump());
@@ -357,10 +380,19 @@ json Node::Impl::update_settings(const std::string& name, const json& patch) {
   return finish("updated", "");
 }
 
-void Node::Impl::end_probation(const std::string& name) {
+void Node::Impl::end_probation(const std::string& name, int64_t started_ms) {
   if (!store) return;
   bool had = false;
-  store->write([key = "probation/" + name, &had](WriteTxn& t) { had = t.del(Db::meta, key); });
+  store->write([key = "probation/" + name, &had, started_ms](WriteTxn& t) {
+    // A later update has a probation of its own: leave that one be.
+    if (started_ms != 0) {
+      auto v = t.get(Db::meta, key);
+      if (!v) return;
+      auto j = json::parse(*v, nullptr, false);
+      if (!j.is_object() || j.value("startedMs", int64_t{0}) != started_ms) return;
+    }
+    had = t.del(Db::meta, key);
+  });
   if (had) spdlog::info("module {}: probation over; this version stays", name);
 }
 
