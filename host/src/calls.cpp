@@ -137,7 +137,9 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
     if (!call->finished) {
       call->finished = true;
       send = true;
-      if (status != BOSUN_OK && call->error.empty()) {
+      if (status == BOSUN_ERR_CANCELLED && call->error.empty()) {
+        call->error = call->msg.method + " was cancelled (op_process_stop or node shutdown)";
+      } else if (status != BOSUN_OK && call->error.empty()) {
         call->error = call->msg.method + " failed: " + bosun_status_name(status);
       }
       if (status == BOSUN_OK) call->error.clear();
