@@ -64,6 +64,18 @@ std::shared_ptr<ModuleInstance> Node::Impl::init_module(std::unique_ptr<ModuleFi
   return nullptr;
 }
 
+MethodEntry Node::Impl::method_entry(const std::shared_ptr<ModuleInstance>& inst,
+                                     const MethodSpec& m) {
+  MethodEntry e;
+  e.name = m.name;
+  e.help = m.help;
+  e.flags = m.flags;
+  e.module = inst;
+  e.on_call = m.on_call;
+  if (m.flags & BOSUN_METHOD_SERIAL) e.serial = std::make_shared<Strand>(pool->get_executor());
+  return e;
+}
+
 void Node::Impl::load_modules() {
   const fs::path& dir = config.plugins.dir;
   std::vector<fs::path> files;
@@ -142,15 +154,8 @@ void Node::Impl::load_modules() {
       continue;
     }
     for (const auto& m : inst->file->methods()) {
-      MethodEntry e;
-      e.name = m.name;
-      e.help = m.help;
-      e.flags = m.flags;
-      e.module = inst;
-      e.on_call = m.on_call;
-      if (m.flags & BOSUN_METHOD_SERIAL) e.serial = std::make_shared<Strand>(pool->get_executor());
       owner[m.name] = info.name;
-      (*new_table)[m.name] = std::move(e);
+      (*new_table)[m.name] = method_entry(inst, m);
     }
     spdlog::info("module {} {} active: {} method(s)", info.name, info.version, info.methods.size());
     loaded.push_back(inst);

@@ -246,6 +246,7 @@ struct Node::Impl {
 
   // modules.cpp
   void load_modules();
+  MethodEntry method_entry(const std::shared_ptr<ModuleInstance>& inst, const MethodSpec& m);
   void unload_all();
   void drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
                           std::chrono::steady_clock::time_point deadline);

@@ -271,16 +271,7 @@ json Node::Impl::update_module(const std::string& name, const fs::path& path,
     for (auto it = t->begin(); it != t->end();) {
       it = it->second.module && it->second.module->name() == name ? t->erase(it) : std::next(it);
     }
-    for (const auto& m : inst->file->methods()) {
-      MethodEntry e;
-      e.name = m.name;
-      e.help = m.help;
-      e.flags = m.flags;
-      e.module = inst;
-      e.on_call = m.on_call;
-      if (m.flags & BOSUN_METHOD_SERIAL) e.serial = std::make_shared<Strand>(pool->get_executor());
-      (*t)[m.name] = std::move(e);
-    }
+    for (const auto& m : inst->file->methods()) (*t)[m.name] = method_entry(inst, m);
     table = std::move(t);
     if (old) std::erase(instances, old);
     instances.push_back(inst);
