@@ -100,7 +100,7 @@ void Node::Impl::resume_delivery() {
     try {
       Message m = parse_message(nlohmann::json::parse(bytes), "outbox message " + id);
       spdlog::info("resuming delivery of {} ({}) to {}", id, m.method, m.to_node);
-      publish_attempt(std::move(m), std::move(bytes), false);
+      publish_attempt(std::move(m), std::move(bytes));
     } catch (const std::exception& e) {
       spdlog::error("outbox message {} dropped: {}", id, e.what());
       store->outbox_remove(id);
@@ -123,10 +123,10 @@ void Node::Impl::send_remote(Message m) {
   // Durable before it counts as accepted: a crash from here on resends it.
   store->outbox_put(m.id, bytes);
   counters.sent++;
-  publish_attempt(std::move(m), std::move(bytes), true);
+  publish_attempt(std::move(m), std::move(bytes));
 }
 
-void Node::Impl::publish_attempt(Message m, std::string bytes, bool first) {
+void Node::Impl::publish_attempt(Message m, std::string bytes) {
   std::string subject;
   try {
     subject = request_subject(config.broker.subject_prefix, m.to_node, m.method);
@@ -154,7 +154,6 @@ void Node::Impl::publish_attempt(Message m, std::string bytes, bool first) {
     std::lock_guard<std::mutex> lock(outgoing_mu);
     outgoing[id] = out;
   }
-  (void)first;
   if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + id);
   asio::post(io, [this, out] { arm_ack_timer(out); });
 }

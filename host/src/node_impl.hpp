@@ -235,7 +235,7 @@ struct Node::Impl {
   double ack_timeout_s(const Message& m) const;
   int retries_of(const Message& m) const;
   void send_remote(Message m);
-  void publish_attempt(Message m, std::string bytes, bool first);
+  void publish_attempt(Message m, std::string bytes);
   void arm_ack_timer(const std::shared_ptr<Outgoing>& out);
   void give_up(const Message& m, const std::string& why);
   void on_ack(Incoming&& in);

@@ -108,7 +108,6 @@ class Session : public std::enable_shared_from_this<Session> {
         return;
       }
       if (ec == asio::error::eof) {
-        self->eof_ = true;
         self->try_handle(true);
         return;
       }
@@ -312,7 +311,6 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string input_;
   std::deque<std::string> queue_;
   bool closing_ = false;
-  bool eof_ = false;
   bool waiting_ = false;
   uint64_t listener_ = 0;
   std::mutex mu_;
@@ -323,7 +321,7 @@ class Session : public std::enable_shared_from_this<Session> {
 }  // namespace
 
 SocketServer::SocketServer(Node& node, asio::io_context& io, const std::filesystem::path& path)
-    : node_(node), io_(io), path_(path), acceptor_(io) {
+    : node_(node), path_(path), acceptor_(io) {
   if (path.string().size() >= sizeof(sockaddr_un::sun_path)) {
     throw std::runtime_error("socket path " + path.string() + " is longer than " +
                              std::to_string(sizeof(sockaddr_un::sun_path) - 1) +

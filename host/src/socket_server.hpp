@@ -27,7 +27,6 @@ class SocketServer {
  private:
   void accept();
   Node& node_;
-  boost::asio::io_context& io_;
   std::filesystem::path path_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
 };
