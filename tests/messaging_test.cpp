@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <future>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -500,6 +501,71 @@ TEST(Messaging, ADuplicateOnTheBusIsAckedTwiceAndRunOnce) {
   std::this_thread::sleep_for(1s);
   EXPECT_EQ(file_lines(replies), std::vector<std::string>{"1"});
   EXPECT_EQ(count_once(central, "ship1"), 2);
+}
+
+TEST(Messaging, ABurstFromOneSenderIsAckedInBatchesEachIdOnce) {
+  ClusterHarness h;
+  ClusterNode& central = h.add_node("central");
+  ClusterNode& ship1 = h.add_node("ship1");
+  central.start();
+  ship1.start();
+  host::Transport bus = raw_connection(h.servers());
+  bus.connect(false);
+  const std::string inbox = bus.new_inbox();
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> acks;  // subject, payload
+  bus.subscribe(inbox + ".*", [&](host::Incoming&& in) {
+    std::lock_guard<std::mutex> lock(mu);
+    acks.emplace_back(in.subject, in.data);
+  });
+  // Published back to back, faster than the node takes them, so they queue
+  // on its subscription and are recorded and ACKed a group at a time.
+  constexpr int kBurst = 300;
+  std::set<std::string> sent;
+  for (int i = 0; i < kBurst; ++i) {
+    std::string id = host::new_message_id();
+    host::Message m;
+    m.id = id;
+    m.from_node = "central";
+    m.to_node = "ship1";
+    m.method = "ping";
+    m.sent_at_ms = host::now_ms();
+    sent.insert(id);
+    ASSERT_TRUE(bus.publish("bosun.req.ship1.ping", host::to_json(m).dump(), inbox + "." + id));
+  }
+  auto acked = [&] {
+    std::multiset<std::string> ids;
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [subject, payload] : acks) {
+      if (payload == "ACK") {
+        ids.insert(subject.substr(subject.rfind('.') + 1));
+      } else if (payload.rfind("ACK ", 0) == 0) {
+        std::istringstream words(payload.substr(4));
+        for (std::string id; words >> id;) ids.insert(id);
+      } else {
+        ADD_FAILURE() << "unexpected answer " << payload << " on " << subject;
+      }
+    }
+    return ids;
+  };
+  ASSERT_TRUE(wait_until([&] { return acked().size() >= sent.size(); }, 20s))
+      << acked().size() << " of " << sent.size() << " ACKed";
+  std::this_thread::sleep_for(300ms);  // nothing more may come
+  auto ids = acked();
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()), sent);
+  EXPECT_EQ(ids.size(), sent.size()) << "an id was ACKed twice";
+  size_t messages;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    messages = acks.size();
+  }
+  EXPECT_LT(messages, sent.size()) << "no two ACKs shared a message";
+  std::printf("%zu ACKs in %zu messages\n", ids.size(), messages);
+  EXPECT_TRUE(wait_until([&] { return ship1.counter("received") >= kBurst; }, 10s));
+  EXPECT_EQ(ship1.counter("duplicates"), 0u);
+  auto finals = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  EXPECT_EQ(finals[0]["data"], "pong");
 }
 
 }  // namespace

@@ -304,12 +304,20 @@ TEST(Store, AsyncCompletionIsCalled) {
 TEST(Store, AFailingWriteFailsAloneInItsGroup) {
   TempDir tmp;
   Store s(tmp / "state", always());
-  std::promise<void> hold;
+  std::promise<void> hold, entered;
   std::shared_future<void> release = hold.get_future().share();
   std::promise<std::exception_ptr> blocker, good, bad;
-  // The first write keeps the writer busy so the next two share one group.
-  s.write_async([release](WriteTxn&) { release.wait(); },
-                [&](std::exception_ptr e) { blocker.set_value(e); });
+  // The first write leads (on its own thread) and holds its commit open, so
+  // the next two queue behind it and share the next group.
+  std::thread first([&] {
+    s.write_async(
+        [&, release](WriteTxn&) {
+          entered.set_value();
+          release.wait();
+        },
+        [&](std::exception_ptr e) { blocker.set_value(e); });
+  });
+  entered.get_future().wait();
   s.write_async([](WriteTxn& t) { t.put(Db::meta, "good", "1"); },
                 [&](std::exception_ptr e) { good.set_value(e); });
   s.write_async(
@@ -319,6 +327,7 @@ TEST(Store, AFailingWriteFailsAloneInItsGroup) {
       },
       [&](std::exception_ptr e) { bad.set_value(e); });
   hold.set_value();
+  first.join();
   EXPECT_EQ(blocker.get_future().get(), nullptr);
   EXPECT_EQ(good.get_future().get(), nullptr);
   std::exception_ptr e = bad.get_future().get();
@@ -334,16 +343,42 @@ TEST(Store, AFailingWriteFailsAloneInItsGroup) {
   EXPECT_EQ(error_of([&] { s.write([](WriteTxn&) { throw StoreError("nope"); }); }), "nope");
 }
 
-TEST(Store, BlockingWriteFromACallbackIsRefused) {
+TEST(Store, ABlockingWriteFromACompletionCallbackWorks) {
   TempDir tmp;
   Store s(tmp / "state", interval());
   std::promise<std::string> err;
-  s.write_async(
-      [](WriteTxn&) {},
-      [&](std::exception_ptr) { err.set_value(error_of([&] { s.kv_put("p", "k", "v"); })); });
+  s.write_async([](WriteTxn& t) { t.put(Db::meta, "first", "1"); },
+                [&](std::exception_ptr) {
+                  err.set_value(error_of([&] { s.kv_put("p", "k", "from the callback"); }));
+                });
   auto f = err.get_future();
   ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
-  EXPECT_NE(f.get().find("would deadlock; use write_async"), std::string::npos);
+  EXPECT_EQ(f.get(), "");
+  EXPECT_EQ(s.kv_get("p", "k"), "from the callback");
+  EXPECT_EQ(s.meta_get("first"), "1");
+}
+
+TEST(Store, ABlockingWriteInsideAWriteFunctionIsRefused) {
+  TempDir tmp;
+  Store s(tmp / "state", interval());
+  std::string inner;
+  s.write([&](WriteTxn& t) {
+    inner = error_of([&] { s.kv_put("p", "k", "v"); });
+    t.put(Db::meta, "outer", "1");
+  });
+  EXPECT_NE(inner.find("would deadlock"), std::string::npos) << inner;
+  EXPECT_EQ(s.meta_get("outer"), "1");
+  EXPECT_EQ(s.kv_get("p", "k"), std::nullopt);
+  // An asynchronous write queued from inside one is committed after it.
+  std::promise<std::exception_ptr> later;
+  s.write([&](WriteTxn&) {
+    s.write_async([](WriteTxn& t) { t.put(Db::meta, "later", "1"); },
+                  [&](std::exception_ptr e) { later.set_value(e); });
+  });
+  auto f = later.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(f.get(), nullptr);
+  EXPECT_EQ(s.meta_get("later"), "1");
 }
 
 TEST(Store, DestructorDrainsQueuedWrites) {
@@ -352,11 +387,25 @@ TEST(Store, DestructorDrainsQueuedWrites) {
   std::atomic<int> ok{0};
   {
     Store s(tmp / "state", always());
+    // A commit held open on another thread, so the writes below queue up
+    // and are still queued when the destructor starts.
+    std::promise<void> hold, entered;
+    std::shared_future<void> release = hold.get_future().share();
+    std::thread first([&] {
+      s.write([&, release](WriteTxn&) {
+        entered.set_value();
+        release.wait();
+      });
+    });
+    entered.get_future().wait();
     for (int i = 0; i < kWrites; ++i) {
       s.outbox_put_async(seq_id(i), "x", [&](std::exception_ptr e) {
         if (!e) ++ok;
       });
     }
+    EXPECT_EQ(ok.load(), 0);
+    hold.set_value();
+    first.join();
   }
   EXPECT_EQ(ok.load(), kWrites);
   Store s(tmp / "state", interval());

@@ -26,6 +26,7 @@ void flush_pending(const std::shared_ptr<bosun_call>& call) {
   {
     std::lock_guard<std::mutex> lock(call->mu);
     call->flush_armed = false;
+    call->flush_deadline = 0;
     if (call->finished || !call->pending) return;
     data = std::move(call->pending);
     call->pending.reset();
@@ -76,13 +77,10 @@ void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run
     running[msg.id] = call;
   }
   if (timeout_s > 0) {
-    call->timeout_timer = std::make_unique<asio::steady_timer>(io);
-    asio::post(io, [this, call, timeout_s] {
-      call->timeout_timer->expires_after(std::chrono::milliseconds(std::llround(timeout_s * 1000)));
-      call->timeout_timer->async_wait([this, call](const boost::system::error_code& ec) {
-        if (!ec) expire_call(call);
-      });
-    });
+    // Set before the call can finish (it has not started), read after.
+    call->timeout_deadline =
+        deadlines.add_after(std::chrono::milliseconds(std::llround(timeout_s * 1000)),
+                            [this, call] { expire_call(call); });
   }
   if (inline_run) {
     run_call(call);
@@ -165,10 +163,11 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
       spdlog::error("call {}: cannot record it as done: {}", call->msg.id, e.what());
     }
   }
-  asio::post(io, [call] {
-    if (call->timeout_timer) call->timeout_timer->cancel();
-    if (call->flush_timer) call->flush_timer->cancel();
-  });
+  if (call->timeout_deadline != 0) deadlines.cancel(call->timeout_deadline);
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (call->flush_deadline != 0) deadlines.cancel(std::exchange(call->flush_deadline, 0));
+  }
   {
     std::lock_guard<std::mutex> lock(calls_mu);
     running.erase(call->msg.id);
@@ -370,25 +369,16 @@ bosun_status api_reply(bosun_call* call, const char* data, size_t len) {
   }
   if (previous) call->node->send_reply(call->msg, std::move(*previous), false, seq, "");
   if (arm) {
-    auto* node = call->node;
-    asio::post(node->io, [self] {
-      {
-        // Most handlers have returned by now, their one reply sent as final.
-        std::lock_guard<std::mutex> lock(self->mu);
-        if (self->finished) return;
-      }
-      if (!self->flush_timer)
-        self->flush_timer = std::make_unique<asio::steady_timer>(self->node->io);
-      self->flush_timer->expires_after(kFlushDelay);
-      self->flush_timer->async_wait([self](const boost::system::error_code& ec) {
-        if (ec) {
-          std::lock_guard<std::mutex> lock(self->mu);
-          self->flush_armed = false;
-          return;
-        }
-        asio::post(*self->node->pool, [self] { flush_pending(self); });
-      });
-    });
+    // Most handlers return well within the delay, their one reply then sent
+    // as the final one and this deadline cancelled.
+    auto key = call->node->deadlines.add_after(
+        kFlushDelay, [self] { asio::post(*self->node->pool, [self] { flush_pending(self); }); });
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (call->finished) {
+      call->node->deadlines.cancel(key);
+    } else {
+      call->flush_deadline = key;
+    }
   }
   return BOSUN_OK;
 }

@@ -14,6 +14,8 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
+#include <map>
+#include <utility>
 
 #include "bosun/host/transport.hpp"
 #include "node_impl.hpp"
@@ -27,6 +29,11 @@ constexpr std::string_view kStateDone = "done";
 // Inbox entries of finished messages are kept this long to recognise resent
 // copies; far beyond any ACKTimeout * retries budget.
 constexpr int64_t kInboxKeepMs = 24LL * 3600 * 1000;
+// At most this many messages (or ACKed ids) are held back for one write
+// while more are queued on the subscription.
+constexpr size_t kMaxAckBatch = 64;
+// Far above the 26 characters of our own ids, far below LMDB's key limit.
+constexpr size_t kMaxIdBytes = 128;
 
 // Completion of a write nobody waits for: only a failure is worth a line.
 DoneFn log_failure(std::string what) {
@@ -143,7 +150,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
                        log_failure("outbox: cannot remove " + m.id));
     return;
   }
-  auto out = std::make_shared<Outgoing>(io);
+  auto out = std::make_shared<Outgoing>();
   out->subject = subject;
   out->bytes = std::move(bytes);
   out->attempts_left = retries_of(m);
@@ -153,34 +160,36 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
   {
     std::lock_guard<std::mutex> lock(outgoing_mu);
     outgoing[id] = out;
+    out->ack_deadline = deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
   }
   if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + id);
-  asio::post(io, [this, out] { arm_ack_timer(out); });
 }
 
-void Node::Impl::arm_ack_timer(const std::shared_ptr<Outgoing>& out) {
-  out->timer.expires_after(out->ack_timeout);
-  out->timer.async_wait([this, out](const boost::system::error_code& ec) {
-    if (ec) return;
-    {
-      std::lock_guard<std::mutex> lock(outgoing_mu);
-      auto it = outgoing.find(out->msg.id);
-      if (it == outgoing.end() || it->second != out) return;  // ACKed meanwhile
-      if (out->attempts_left <= 0) outgoing.erase(it);
-    }
-    if (out->attempts_left > 0) {
+void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
+  bool resend = false;
+  {
+    std::lock_guard<std::mutex> lock(outgoing_mu);
+    auto it = outgoing.find(out->msg.id);
+    if (it == outgoing.end() || it->second != out) return;  // ACKed meanwhile
+    if (out->attempts_left <= 0) {
+      outgoing.erase(it);
+    } else {
+      resend = true;
       --out->attempts_left;
-      counters.retried++;
-      spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
-                    out->msg.to_node);
-      if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + out->msg.id);
-      arm_ack_timer(out);
-      return;
+      out->ack_deadline =
+          deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
     }
-    give_up(out->msg, "no ACK from " + out->msg.to_node + " after " +
-                          std::to_string(retries_of(out->msg) + 1) + " attempt(s), " +
-                          std::to_string(out->ack_timeout.count()) + " ms apart");
-  });
+  }
+  if (resend) {
+    counters.retried++;
+    spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
+                  out->msg.to_node);
+    if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + out->msg.id);
+    return;
+  }
+  give_up(out->msg, "no ACK from " + out->msg.to_node + " after " +
+                        std::to_string(retries_of(out->msg) + 1) + " attempt(s), " +
+                        std::to_string(out->ack_timeout.count()) + " ms apart");
 }
 
 void Node::Impl::give_up(const Message& m, const std::string& why) {
@@ -227,28 +236,57 @@ void Node::Impl::give_up(const Message& m, const std::string& why) {
 }
 
 void Node::Impl::on_ack(Incoming&& in) {
+  // "ACK" or "NAK <why>" for the message named by the subject's last token;
+  // or, from a receiver that took several of ours at once, one
+  // "ACK <id> <id> ..." for all of them.
   size_t dot = in.subject.rfind('.');
   if (dot == std::string::npos) return;
-  std::string id = in.subject.substr(dot + 1);
   // Only a receiver's word counts: nats-server answers a request nobody is
   // subscribed to with an empty "no responders" status on the same subject.
-  if (in.data != "ACK" && in.data.rfind("NAK ", 0) != 0) return;
-  std::shared_ptr<Outgoing> out;
-  {
-    std::lock_guard<std::mutex> lock(outgoing_mu);
-    auto it = outgoing.find(id);
-    if (it == outgoing.end()) return;  // a late duplicate ACK
-    out = it->second;
-    outgoing.erase(it);
+  std::vector<std::string> ids;
+  if (in.data == "ACK") {
+    ids.push_back(in.subject.substr(dot + 1));
+  } else if (in.data.rfind("ACK ", 0) == 0) {
+    std::string_view rest(in.data);
+    rest.remove_prefix(4);
+    while (!rest.empty() && ids.size() < kMaxAckBatch) {
+      size_t sp = rest.find(' ');
+      std::string_view id = rest.substr(0, sp);
+      if (!id.empty() && is_valid_token(std::string(id))) ids.emplace_back(id);
+      if (sp == std::string_view::npos) break;
+      rest.remove_prefix(sp + 1);
+    }
+  } else if (in.data.rfind("NAK ", 0) == 0) {
+    ids.push_back(in.subject.substr(dot + 1));
+  } else {
+    return;
   }
-  counters.acked++;
-  asio::post(io, [out] { out->timer.cancel(); });
-  store->write_async([id](WriteTxn& t) { t.del(Db::outbox, id); },
-                     log_failure("outbox: cannot remove " + id));
-  if (in.data.rfind("NAK ", 0) == 0) {
-    // The receiver will never take it: no point in resending.
-    give_up(out->msg, "refused by " + out->msg.to_node + ": " + in.data.substr(4));
+  const bool nak = in.data.rfind("NAK ", 0) == 0;
+  for (const auto& id : ids) {
+    std::shared_ptr<Outgoing> out;
+    {
+      std::lock_guard<std::mutex> lock(outgoing_mu);
+      auto it = outgoing.find(id);
+      if (it == outgoing.end()) continue;  // a late duplicate ACK
+      out = it->second;
+      outgoing.erase(it);
+      deadlines.cancel(out->ack_deadline);
+    }
+    counters.acked++;
+    acked_ids.push_back(id);
+    if (nak) {
+      // The receiver will never take it: no point in resending.
+      give_up(out->msg, "refused by " + out->msg.to_node + ": " + in.data.substr(4));
+    }
   }
+  // Forget the ACKed messages in one write once no more ACKs are queued.
+  if (acked_ids.empty() || (in.pending > 0 && acked_ids.size() < kMaxAckBatch)) return;
+  store->write_async(
+      [ids = std::move(acked_ids)](WriteTxn& t) {
+        for (const auto& id : ids) t.del(Db::outbox, id);
+      },
+      log_failure("outbox: cannot remove ACKed messages"));
+  acked_ids.clear();
 }
 
 void Node::Impl::drop_incoming(const std::string& subject, const std::string& reply,
@@ -260,6 +298,17 @@ void Node::Impl::drop_incoming(const std::string& subject, const std::string& re
 }
 
 void Node::Impl::on_incoming(Incoming&& in) {
+  // Whatever becomes of this one, what is held back goes out once nothing
+  // more is queued.
+  struct Flush {
+    Impl* self;
+    int pending;
+    ~Flush() {
+      if (self->received_batch.empty()) return;
+      if (pending > 0 && self->received_batch.size() < kMaxAckBatch) return;
+      self->record_received(std::exchange(self->received_batch, {}));
+    }
+  } flush{this, in.pending};
   counters.received++;
   if (in.data.size() > static_cast<size_t>(config.host.max_message_bytes)) {
     return drop_incoming(
@@ -281,6 +330,11 @@ void Node::Impl::on_incoming(Incoming&& in) {
   if (m.id.empty() || !is_valid_token(m.id)) {
     return drop_incoming(in.subject, in.reply, "no valid \"id\"");
   }
+  if (m.id.size() > kMaxIdBytes) {
+    return drop_incoming(in.subject, in.reply,
+                         "\"id\" of " + std::to_string(m.id.size()) + " bytes is over the " +
+                             std::to_string(kMaxIdBytes) + "-byte limit");
+  }
   if (m.from_node.empty()) return drop_incoming(in.subject, in.reply, "no \"fromNode\"");
   std::string expected_subject =
       config.broker.subject_prefix + ".req." + m.to_node + "." + m.method;
@@ -288,28 +342,77 @@ void Node::Impl::on_incoming(Incoming&& in) {
     return drop_incoming(in.subject, in.reply,
                          "method \"" + m.method + "\" does not match the subject");
   }
-  std::string reply = std::move(in.reply);
-  std::string id = m.id;
-  store->inbox_record_async(
-      id, in.data, [this, m = std::move(m), reply](std::exception_ptr err, InboxResult r) mutable {
+  received_batch.push_back(Received{std::move(m), std::move(in.reply), std::move(in.data)});
+}
+
+void Node::Impl::record_received(std::vector<Received> batch) {
+  // One transaction for all, then one ACK per sender for all of its
+  // messages (the ACK goes to the first one's reply subject).
+  auto fresh = std::make_shared<std::vector<char>>(batch.size(), 0);
+  auto items = std::make_shared<std::vector<Received>>(std::move(batch));
+  store->write_async(
+      [items, fresh](WriteTxn& t) {
+        for (size_t i = 0; i < items->size(); ++i) {
+          (*fresh)[i] = Store::inbox_record_in(t, (*items)[i].msg.id, (*items)[i].bytes) ? 1 : 0;
+        }
+      },
+      [this, items, fresh](std::exception_ptr err) {
         if (err) {
-          // Not durable, so no ACK: the sender will resend.
+          // Not durable, so no ACK: the senders will resend.
           try {
             std::rethrow_exception(err);
           } catch (const std::exception& e) {
-            spdlog::error("inbox: cannot record {}: {}", m.id, e.what());
+            spdlog::error("inbox: cannot record {} message(s): {}", items->size(), e.what());
           }
           return;
         }
-        if (stopping) return;  // not ACKed: it is in the inbox and runs after the restart
-        if (auto t = bus(); t && !reply.empty()) t->publish(reply, "ACK");
-        if (!r.fresh) {
-          counters.duplicates++;
-          spdlog::debug("message {} seen before: ACKed again, not run again", m.id);
-          return;
+        if (stopping) return;  // not ACKed: they are in the inbox and run after the restart
+        auto t = bus();
+        // A bosun sender asks for the ACK on <its ACK inbox>.<id>: those of
+        // one sender share one "ACK <id> <id> ..." (on the first one's
+        // subject). Any other reply subject gets the plain "ACK" of its own.
+        std::map<std::string, std::pair<std::string, std::vector<std::string>>> acks;
+        for (auto& item : *items) {
+          const std::string& reply = item.reply;
+          if (reply.empty()) continue;
+          const std::string& id = item.msg.id;
+          size_t dot = reply.rfind('.');
+          bool bosun_form =
+              dot != std::string::npos && reply.compare(dot + 1, std::string::npos, id) == 0;
+          if (!bosun_form) {
+            if (t) t->publish(reply, "ACK");
+            continue;
+          }
+          auto& a = acks[reply.substr(0, dot)];
+          if (a.first.empty()) a.first = reply;
+          a.second.push_back(id);
         }
-        asio::post(*pool,
-                   [this, m = std::move(m)]() mutable { deliver_local(std::move(m), true); });
+        if (t) {
+          for (const auto& [prefix, a] : acks) {
+            if (a.second.size() == 1) {
+              t->publish(a.first, "ACK");
+              continue;
+            }
+            std::string body = "ACK";
+            for (const auto& id : a.second) body += " " + id;
+            t->publish(a.first, body);
+          }
+        }
+        for (size_t i = 0; i < items->size(); ++i) {
+          if (!(*fresh)[i]) {
+            counters.duplicates++;
+            spdlog::debug("message {} seen before: ACKed again, not run again", (*items)[i].msg.id);
+            continue;
+          }
+          Message& m = (*items)[i].msg;
+          if (m.is_reply && m.method == "none") {
+            // Nothing to run, only a waiter to tell: not worth a hand-off.
+            deliver_local(std::move(m), true);
+            continue;
+          }
+          asio::post(*pool,
+                     [this, m = std::move(m)]() mutable { deliver_local(std::move(m), true); });
+        }
       });
 }
 

@@ -138,6 +138,7 @@ void Node::Impl::shutdown() {
   }
   unload_all();
   pool->join();  // destroyed with the node, after io
+  deadlines.clear();
   socket.reset();
   store.reset();
   audit.reset();
@@ -293,45 +294,55 @@ void Node::Impl::handle_reply(Message m, bool tracked) {
   std::shared_ptr<Strand> strand;
   {
     std::lock_guard<std::mutex> lock(streams_mu);
-    Stream& s = streams[m.in_reply_to];
-    if (!s.strand) s.strand = std::make_shared<Strand>(pool->get_executor());
-    strand = s.strand;
-    if (m.seq < s.next) return;  // a duplicate of one already handled
-    uint32_t seq = m.seq;
-    s.held.emplace(seq, std::make_pair(std::move(m), tracked));
-    while (!s.held.empty() && s.held.begin()->first == s.next) {
-      ready.push_back(std::move(s.held.begin()->second));
-      s.held.erase(s.held.begin());
-      ++s.next;
-    }
-    if (!ready.empty() && ready.back().first.final_reply) {
-      streams.erase(ready.back().first.in_reply_to);
+    auto found = streams.find(m.in_reply_to);
+    if (found == streams.end() && m.seq == 0 && m.final_reply && tracked) {
+      // A whole reply in one message, already on a worker thread: nothing
+      // to order it against, so no strand.
+      ready.emplace_back(std::move(m), tracked);
+    } else {
+      Stream& s = found != streams.end() ? found->second : streams[m.in_reply_to];
+      if (!s.strand) s.strand = std::make_shared<Strand>(pool->get_executor());
+      strand = s.strand;
+      if (m.seq < s.next) return;  // a duplicate of one already handled
+      uint32_t seq = m.seq;
+      s.held.emplace(seq, std::make_pair(std::move(m), tracked));
+      while (!s.held.empty() && s.held.begin()->first == s.next) {
+        ready.push_back(std::move(s.held.begin()->second));
+        s.held.erase(s.held.begin());
+        ++s.next;
+      }
+      if (!ready.empty() && ready.back().first.final_reply) {
+        streams.erase(ready.back().first.in_reply_to);
+      }
     }
   }
   if (ready.empty()) return;
-  asio::post(*strand, [this, ready = std::move(ready)] {
-    for (const auto& [r, was_tracked] : ready) {
-      if (audit) audit->append("reply", to_json(r));
-      std::shared_ptr<ReplyWaiter> w;
-      {
-        std::lock_guard<std::mutex> lock(waiters_mu);
-        auto it = waiters.find(r.in_reply_to);
-        if (it != waiters.end()) {
-          w = it->second;
-          if (r.final_reply) waiters.erase(it);
-        }
-      }
-      if (w) w->on_reply(r);
-      run_reply_method(r);
-      if (was_tracked) {
-        try {
-          mark_done(r.id);
-        } catch (const std::exception& e) {
-          spdlog::error("reply {}: cannot record it as done: {}", r.id, e.what());
-        }
+  if (!strand) return process_replies(ready);
+  asio::post(*strand, [this, ready = std::move(ready)] { process_replies(ready); });
+}
+
+void Node::Impl::process_replies(const std::vector<std::pair<Message, bool>>& ready) {
+  for (const auto& [r, was_tracked] : ready) {
+    if (audit) audit->append("reply", to_json(r));
+    std::shared_ptr<ReplyWaiter> w;
+    {
+      std::lock_guard<std::mutex> lock(waiters_mu);
+      auto it = waiters.find(r.in_reply_to);
+      if (it != waiters.end()) {
+        w = it->second;
+        if (r.final_reply) waiters.erase(it);
       }
     }
-  });
+    if (w) w->on_reply(r);
+    run_reply_method(r);
+    if (was_tracked) {
+      try {
+        mark_done(r.id);
+      } catch (const std::exception& e) {
+        spdlog::error("reply {}: cannot record it as done: {}", r.id, e.what());
+      }
+    }
+  }
 }
 
 void Node::Impl::run_reply_method(const Message& m) {

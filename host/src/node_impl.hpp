@@ -22,6 +22,7 @@
 #include "bosun/host/module.hpp"
 #include "bosun/host/node.hpp"
 #include "bosun/host/store.hpp"
+#include "deadlines.hpp"
 
 namespace bosun::host {
 class ModuleInstance;
@@ -44,13 +45,12 @@ struct Incoming;
 
 // A message sent to another node and not yet ACKed.
 struct Outgoing {
-  explicit Outgoing(asio::io_context& io) : timer(io) {}
   Message msg;
   std::string subject;
   std::string bytes;
   int attempts_left = 0;
   std::chrono::milliseconds ack_timeout{0};
-  asio::steady_timer timer;
+  DeadlineQueue::Key ack_deadline = 0;  // guarded by outgoing_mu
 };
 
 struct Counters {
@@ -135,8 +135,8 @@ struct bosun_call {
   std::optional<std::string> pending;  // the newest chunk, not yet sent
   bool flush_armed = false;
   uint32_t next_seq = 0;
-  std::unique_ptr<boost::asio::steady_timer> timeout_timer;
-  std::unique_ptr<boost::asio::steady_timer> flush_timer;
+  bosun::host::DeadlineQueue::Key timeout_deadline = 0;  // 0: none
+  bosun::host::DeadlineQueue::Key flush_deadline = 0;    // guarded by mu
   int64_t started_ms = 0;
   bool tracked = false;  // came through the inbox: its state is kept there
 };
@@ -152,6 +152,8 @@ struct Node::Impl {
   // destroyed may hold strands of the pool.
   std::unique_ptr<asio::thread_pool> pool;
   asio::io_context io;
+  // ACK timeouts and methodTimeouts; after io, so it is destroyed first.
+  DeadlineQueue deadlines{io};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   bool shut_down = false;
   std::unique_ptr<Store> store;
@@ -214,6 +216,7 @@ struct Node::Impl {
   void deliver_local(Message m, bool tracked = false);
   void dispatch_request(Message m, bool tracked);
   void handle_reply(Message m, bool tracked);
+  void process_replies(const std::vector<std::pair<Message, bool>>& ready);
   void run_reply_method(const Message& m);
   void emit_event(const std::string& event, const nlohmann::json& payload);
   std::string unknown_method_text(const std::string& method) const;
@@ -236,10 +239,21 @@ struct Node::Impl {
   int retries_of(const Message& m) const;
   void send_remote(Message m);
   void publish_attempt(Message m, std::string bytes);
-  void arm_ack_timer(const std::shared_ptr<Outgoing>& out);
+  void on_ack_timeout(const std::shared_ptr<Outgoing>& out);
   void give_up(const Message& m, const std::string& why);
   void on_ack(Incoming&& in);
   void on_incoming(Incoming&& in);
+  // A message taken from the bus, not yet in the inbox.
+  struct Received {
+    Message msg;
+    std::string reply;
+    std::string bytes;
+  };
+  // Held back while more are queued on the subscription; touched only on
+  // its delivery thread (on_incoming), as acked_ids is on the ACK one's.
+  std::vector<Received> received_batch;
+  std::vector<std::string> acked_ids;
+  void record_received(std::vector<Received> batch);
   void drop_incoming(const std::string& subject, const std::string& reply, const std::string& why);
   void mark_running(const std::string& id);
   void mark_done(const std::string& id);

@@ -207,7 +207,11 @@ Store::Store(const fs::path& dir, StoreOptions opts) : dir_(dir), opts_(opts) {
     check(dir_, "set map size",
           mdb_env_set_mapsize(raw, static_cast<size_t>(opts_.map_size_mb) << 20));
     // We flush ourselves: once per group in `always` mode, on a timer otherwise.
-    check(dir_, "open environment", mdb_env_open(raw, dir_.c_str(), MDB_NOSYNC | MDB_NOTLS, 0600));
+    // MDB_WRITEMAP: a commit writes its pages into the shared file mapping
+    // instead of one pwrite() per page; they are in the page cache all the
+    // same, so a killed process loses nothing it committed.
+    check(dir_, "open environment",
+          mdb_env_open(raw, dir_.c_str(), MDB_NOSYNC | MDB_NOTLS | MDB_WRITEMAP, 0600));
     // Reader slots left behind by a killed process would pin old pages forever.
     int dead = 0;
     check(dir_, "check readers", mdb_reader_check(raw, &dead));
@@ -228,7 +232,7 @@ Store::Store(const fs::path& dir, StoreOptions opts) : dir_(dir), opts_(opts) {
         std::lock_guard lk(mu_);
         stopping_ = true;
       }
-      cv_.notify_all();
+      writer_cv_.notify_all();
       writer_.join();
     }
     if (env_ != nullptr) mdb_env_close(env_);
@@ -243,8 +247,15 @@ Store::~Store() {
     std::lock_guard lk(mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
+  // The background leader drains what is queued and waits out a commit in
+  // progress on another thread before it returns.
+  writer_cv_.notify_all();
   writer_.join();
+  {
+    // Completions still running on other threads' leads.
+    std::unique_lock lk(mu_);
+    done_cv_.wait(lk, [this] { return busy_ == 0; });
+  }
   if (syncer_.joinable()) {
     {
       std::lock_guard lk(sync_mu_);
@@ -267,53 +278,106 @@ Store::~Store() {
 
 // ---- Store: writes ----------------------------------------------------------
 
+namespace {
+// The store whose write function runs on this thread, if any: a blocking
+// write from inside one would wait for itself.
+thread_local const Store* in_write_fn = nullptr;
+}  // namespace
+
 void Store::write(WriteFn fn) {
-  if (std::this_thread::get_id() == writer_.get_id()) {
+  if (in_write_fn == this) {
     throw StoreError("store " + dir_.string() +
-                     ": blocking write from a completion callback would deadlock; use "
-                     "write_async");
+                     ": blocking write from inside a write function would deadlock; put it "
+                     "in the same write, or use write_async");
   }
-  // Shared, so the writer never touches a promise the waiter already dropped.
-  auto done = std::make_shared<std::promise<void>>();
-  std::future<void> result = done->get_future();
-  write_async(std::move(fn), [done](std::exception_ptr e) {
-    if (e) {
-      done->set_exception(e);
-    } else {
-      done->set_value();
+  if (!fn) throw StoreError("store " + dir_.string() + ": write without a function");
+  struct Wait {
+    bool done = false;
+    std::exception_ptr error;
+  };
+  auto w = std::make_shared<Wait>();
+  std::unique_lock lk(mu_);
+  if (stopping_) throw StoreError("store " + dir_.string() + ": closing, write refused");
+  queue_.push_back(Pending{std::move(fn), [this, w](std::exception_ptr e) {
+                             {
+                               std::lock_guard g(mu_);
+                               w->error = e;
+                               w->done = true;
+                             }
+                             done_cv_.notify_all();
+                           }});
+  while (!w->done) {
+    if (!leader_ && !queue_.empty()) {
+      leader_ = true;
+      lead(lk);
+      continue;
     }
-  });
-  result.get();
+    done_cv_.wait(lk);
+  }
+  if (w->error) std::rethrow_exception(w->error);
 }
 
 void Store::write_async(WriteFn fn, DoneFn done) {
   if (!fn || !done) throw StoreError("store " + dir_.string() + ": write without a function");
-  {
-    std::lock_guard lk(mu_);
-    if (stopping_) throw StoreError("store " + dir_.string() + ": closing, write refused");
-    queue_.push_back(Pending{std::move(fn), std::move(done)});
+  std::unique_lock lk(mu_);
+  if (stopping_) throw StoreError("store " + dir_.string() + ": closing, write refused");
+  queue_.push_back(Pending{std::move(fn), std::move(done)});
+  // Inside a write function the current commit cannot take it: the
+  // background leader will. Otherwise, if nobody leads, commit it now.
+  if (leader_ || in_write_fn == this) {
+    lk.unlock();
+    writer_cv_.notify_one();
+    return;
   }
-  cv_.notify_one();
+  leader_ = true;
+  lead(lk);
+}
+
+void Store::lead(std::unique_lock<std::mutex>& lock) {
+  std::vector<Pending> group(std::make_move_iterator(queue_.begin()),
+                             std::make_move_iterator(queue_.end()));
+  queue_.clear();
+  ++busy_;
+  lock.unlock();
+  std::exception_ptr group_error;
+  std::vector<std::exception_ptr> errors = commit_group(group, group_error);
+  lock.lock();
+  leader_ = false;
+  bool wake_writer = !queue_.empty() || stopping_;
+  lock.unlock();
+  // Writes that queued behind this commit: a blocking writer among them
+  // takes the lead, or else the background thread does.
+  done_cv_.notify_all();
+  if (wake_writer) writer_cv_.notify_one();
+  for (size_t i = 0; i < group.size(); ++i) {
+    try {
+      group[i].done(errors[i] ? errors[i] : group_error);
+    } catch (const std::exception& e) {
+      spdlog::error("store {}: a write completion callback threw: {}", dir_.string(), e.what());
+    } catch (...) {
+      spdlog::error("store {}: a write completion callback threw", dir_.string());
+    }
+  }
+  lock.lock();
+  if (--busy_ == 0 && stopping_) done_cv_.notify_all();
 }
 
 void Store::writer_loop() {
+  std::unique_lock lk(mu_);
   for (;;) {
-    std::vector<Pending> group;
-    {
-      std::unique_lock lk(mu_);
-      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and everything is drained
-      group.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
-      queue_.clear();
-    }
-    run_group(group);
+    writer_cv_.wait(lk,
+                    [this] { return (stopping_ && !leader_) || (!queue_.empty() && !leader_); });
+    if (queue_.empty()) return;  // stopping, nothing queued, nobody committing
+    leader_ = true;
+    lead(lk);
   }
 }
 
-void Store::run_group(std::vector<Pending>& group) {
+std::vector<std::exception_ptr> Store::commit_group(std::vector<Pending>& group,
+                                                    std::exception_ptr& group_error) {
   std::vector<std::exception_ptr> errors(group.size());
   bool committed = false;
-  std::exception_ptr group_error;
+  in_write_fn = this;
   try {
     size_t failed = group.size();
     {
@@ -348,22 +412,16 @@ void Store::run_group(std::vector<Pending>& group) {
         }
       }
     }
+    in_write_fn = nullptr;
     if (committed) {
       ++commits_;
       if (opts_.sync == SyncMode::always) sync_now();
     }
   } catch (...) {
+    in_write_fn = nullptr;
     group_error = std::current_exception();
   }
-  for (size_t i = 0; i < group.size(); ++i) {
-    try {
-      group[i].done(errors[i] ? errors[i] : group_error);
-    } catch (const std::exception& e) {
-      spdlog::error("store {}: a write completion callback threw: {}", dir_.string(), e.what());
-    } catch (...) {
-      spdlog::error("store {}: a write completion callback threw", dir_.string());
-    }
-  }
+  return errors;
 }
 
 void Store::sync_now() {
@@ -490,6 +548,13 @@ WriteFn inbox_record_fn(std::string_view id, std::string_view bytes,
 }
 
 }  // namespace
+
+bool Store::inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes) {
+  check_id("inbox_record", id);
+  if (t.get(Db::inbox, id)) return false;
+  t.put(Db::inbox, id, encode_inbox(kInboxReceived, now_ms(), bytes));
+  return true;
+}
 
 InboxResult Store::inbox_record(std::string_view id, std::string_view bytes) {
   check_id("inbox_record", id);

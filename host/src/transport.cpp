@@ -269,9 +269,13 @@ struct Transport::Impl {
     self->report_error(text);
   }
 
-  static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  static void on_message(natsConnection*, natsSubscription* nsub, natsMsg* msg, void* closure) {
     auto* sub = static_cast<Sub*>(closure);
     Incoming in;
+    int pending_msgs = 0;
+    if (nsub != nullptr && natsSubscription_GetPending(nsub, &pending_msgs, nullptr) == NATS_OK) {
+      in.pending = pending_msgs;
+    }
     in.subject = natsMsg_GetSubject(msg);
     if (const char* reply = natsMsg_GetReply(msg)) in.reply = reply;
     if (const char* data = natsMsg_GetData(msg)) {

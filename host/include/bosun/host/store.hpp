@@ -2,11 +2,14 @@
 // environment at <dataDir>/state holding the plugins' KV entries, the outbox,
 // the inbox (exactly-once) and small host metadata.
 //
-// Every write goes through one writer thread that runs all queued writes in
-// one transaction (group commit). A write completes when it is durable per
-// the sync mode: `always` waits for one fsync per group, `interval` completes
-// at commit (safe against the process being killed) and a timer flushes the
-// environment every sync_interval_ms.
+// Writes are group-committed, leader style: a write that finds no commit in
+// progress commits right away on the caller's thread (no hand-off to another
+// thread); writes that arrive meanwhile queue up and the next leader commits
+// them all in one transaction. A background thread leads when nobody else
+// does (asynchronous writes queued behind a commit). A write completes when it
+// is durable per the sync mode: `always` waits for one fsync per group,
+// `interval` completes at commit (safe against the process being killed) and
+// a timer flushes the environment every sync_interval_ms.
 #pragma once
 
 #include "bosun/host/config.hpp"
@@ -121,6 +124,9 @@ class Store {
   InboxResult inbox_record(std::string_view id, std::string_view bytes);
   void inbox_record_async(std::string_view id, std::string_view bytes,
                           std::function<void(std::exception_ptr, InboxResult)> done);
+  // The same inside a write of one's own (several messages in one
+  // transaction): true when the id is new and was recorded "received".
+  static bool inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes);
   void inbox_set_state(std::string_view id, std::string_view state);
   void inbox_set_state_async(std::string_view id, std::string_view state, DoneFn done);
   std::optional<InboxEntry> inbox_get(std::string_view id) const;
@@ -140,7 +146,11 @@ class Store {
   };
 
   void writer_loop();
-  void run_group(std::vector<Pending>& group);
+  // Called with mu_ held and leader_ set; commits everything queued, then
+  // gives up the lead and runs the completions (with mu_ released meanwhile).
+  void lead(std::unique_lock<std::mutex>& lock);
+  std::vector<std::exception_ptr> commit_group(std::vector<Pending>& group,
+                                               std::exception_ptr& group_error);
   void sync_loop();
   void sync_now();
 
@@ -150,8 +160,11 @@ class Store {
   std::array<unsigned, 4> dbis_{};
 
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable writer_cv_;  // the background leader: work is queued, nobody leads
+  std::condition_variable done_cv_;    // blocking writers: their write is done, or the lead is free
   std::deque<Pending> queue_;
+  bool leader_ = false;
+  int busy_ = 0;  // threads inside lead(), completions included
   bool stopping_ = false;
   std::thread writer_;
 

@@ -45,6 +45,9 @@ struct Incoming {
   std::string subject;
   std::string reply;  // empty when the sender wants no reply
   std::string data;
+  // Messages still queued on the subscription after this one: a handler may
+  // hold work back while more are coming and do it for all at once.
+  int pending = 0;
 };
 
 class Transport {
