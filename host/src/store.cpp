@@ -254,7 +254,7 @@ Store::~Store() {
   {
     // Completions still running on other threads' leads.
     std::unique_lock lk(mu_);
-    done_cv_.wait(lk, [this] { return busy_ == 0; });
+    idle_cv_.wait(lk, [this] { return busy_ == 0; });
   }
   if (syncer_.joinable()) {
     {
@@ -291,28 +291,24 @@ void Store::write(WriteFn fn) {
                      "in the same write, or use write_async");
   }
   if (!fn) throw StoreError("store " + dir_.string() + ": write without a function");
-  struct Wait {
-    bool done = false;
-    std::exception_ptr error;
-  };
-  auto w = std::make_shared<Wait>();
+  auto w = std::make_shared<Waiter>();
   std::unique_lock lk(mu_);
   if (stopping_) throw StoreError("store " + dir_.string() + ": closing, write refused");
-  queue_.push_back(Pending{std::move(fn), [this, w](std::exception_ptr e) {
-                             {
-                               std::lock_guard g(mu_);
-                               w->error = e;
-                               w->done = true;
-                             }
-                             done_cv_.notify_all();
-                           }});
+  queue_.push_back(Pending{std::move(fn),
+                           [this, w](std::exception_ptr e) {
+                             std::lock_guard g(mu_);
+                             w->error = e;
+                             w->done = true;
+                             w->cv.notify_one();
+                           },
+                           w.get()});
   while (!w->done) {
     if (!leader_ && !queue_.empty()) {
       leader_ = true;
       lead(lk);
       continue;
     }
-    done_cv_.wait(lk);
+    w->cv.wait(lk);
   }
   if (w->error) std::rethrow_exception(w->error);
 }
@@ -343,12 +339,22 @@ void Store::lead(std::unique_lock<std::mutex>& lock) {
   std::vector<std::exception_ptr> errors = commit_group(group, group_error);
   lock.lock();
   leader_ = false;
-  bool wake_writer = !queue_.empty() || stopping_;
+  // Writes that queued behind this commit: the first blocking writer among
+  // them takes the lead (woken alone, not every waiter), or else the
+  // background thread does.
+  Waiter* next = nullptr;
+  for (const auto& p : queue_) {
+    if (p.waiter != nullptr) {
+      next = p.waiter;
+      break;
+    }
+  }
+  if (next != nullptr) {
+    next->cv.notify_one();
+  } else if (!queue_.empty() || stopping_) {
+    writer_cv_.notify_one();
+  }
   lock.unlock();
-  // Writes that queued behind this commit: a blocking writer among them
-  // takes the lead, or else the background thread does.
-  done_cv_.notify_all();
-  if (wake_writer) writer_cv_.notify_one();
   for (size_t i = 0; i < group.size(); ++i) {
     try {
       group[i].done(errors[i] ? errors[i] : group_error);
@@ -359,7 +365,7 @@ void Store::lead(std::unique_lock<std::mutex>& lock) {
     }
   }
   lock.lock();
-  if (--busy_ == 0 && stopping_) done_cv_.notify_all();
+  if (--busy_ == 0 && stopping_) idle_cv_.notify_all();
 }
 
 void Store::writer_loop() {

@@ -140,9 +140,17 @@ class Store {
 
  private:
   friend class WriteTxn;
+  // A thread blocked in write(): woken when its write is done, or to take
+  // the lead for the writes queued with it.
+  struct Waiter {
+    std::condition_variable cv;
+    bool done = false;
+    std::exception_ptr error;
+  };
   struct Pending {
     WriteFn fn;
     DoneFn done;
+    Waiter* waiter = nullptr;  // set for write(), alive while queued
   };
 
   void writer_loop();
@@ -161,7 +169,7 @@ class Store {
 
   std::mutex mu_;
   std::condition_variable writer_cv_;  // the background leader: work is queued, nobody leads
-  std::condition_variable done_cv_;    // blocking writers: their write is done, or the lead is free
+  std::condition_variable idle_cv_;    // the destructor: no thread is inside lead() any more
   std::deque<Pending> queue_;
   bool leader_ = false;
   int busy_ = 0;  // threads inside lead(), completions included
