@@ -16,6 +16,7 @@ namespace fs = std::filesystem;
 
 Node::Impl::Impl(Config cfg) : config(std::move(cfg)) {
   data_dir_text = config.node.data_dir.string();
+  running_config = std::make_shared<const Config>(config);
   int workers = config.host.workers;
   if (workers <= 0)
     workers = std::max(4, 2 * static_cast<int>(std::thread::hardware_concurrency()));
@@ -31,8 +32,8 @@ Node::~Node() {
   impl_->shutdown();
 }
 
-const Config& Node::config() const {
-  return impl_->config;
+Config Node::config() const {
+  return *impl_->current_config();
 }
 const std::string& Node::name() const {
   return impl_->config.node.name;
@@ -59,13 +60,16 @@ void Node::start() {
   d.schedule_audit_flush();
   for (const auto& r : d.pending_update_results) d.emit_event("update_result", r);
   d.pending_update_results.clear();
-  d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
+  // Signals before the socket: once the socket answers, a SIGHUP reloads.
   d.signals = std::make_unique<asio::signal_set>(d.io, SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) return;
     spdlog::info("signal {}: stopping", sig);
     stop();
   });
+  d.hangup = std::make_unique<asio::signal_set>(d.io, SIGHUP);
+  d.on_sighup();
+  d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
   spdlog::info("node {} serving on {} ({})", d.config.node.name, d.config.socket_path().string(),
                d.config.broker.standalone() ? "standalone" : "broker");
 }
@@ -89,6 +93,7 @@ void Node::stop() {
   asio::post(impl_->io, [d = impl_.get()] {
     if (d->socket) d->socket->close();
     if (d->signals) d->signals->cancel();
+    if (d->hangup) d->hangup->cancel();
     if (d->audit_flush) d->audit_flush->cancel();
     d->work.reset();
     d->io.stop();
@@ -136,6 +141,8 @@ void Node::Impl::shutdown() {
       }
     }
   }
+  // An update or reload in progress ends first; later ones see `stopping`.
+  { std::lock_guard<std::mutex> barrier(update_mu); }
   unload_all();
   pool->join();  // destroyed with the node, after io
   socket.reset();
@@ -164,6 +171,19 @@ std::string Node::Impl::unknown_method_text(const std::string& method) const {
   std::vector<std::string> names;
   for (const auto& [n, e] : *t) names.push_back(n);
   std::string near = closest_match(method, names);
+  {
+    // A method of a plugin that is not active says so rather than "unknown".
+    std::lock_guard<std::mutex> lock(plugins_mu);
+    for (const auto& p : plugin_infos) {
+      if (p.state == PluginState::active ||
+          std::find(p.methods.begin(), p.methods.end(), method) == p.methods.end()) {
+        continue;
+      }
+      return "method \"" + method + "\" on node " + config.node.name + " belongs to plugin " +
+             p.name + ", which is " + to_string(p.state) +
+             (p.reason.empty() ? std::string() : ": " + p.reason);
+    }
+  }
   std::string text = "unknown method \"" + method + "\" on node " + config.node.name;
   if (!near.empty()) text += " (did you mean \"" + near + "\"?)";
   return text;
@@ -379,6 +399,15 @@ void Node::Impl::on_remote_event(Incoming&& in) {
     for (const auto& [id, l] : listeners) ls.push_back(l);
   }
   for (const auto& l : ls) l(event, body);
+}
+
+nlohmann::json Node::reload() {
+  return impl_->reload();
+}
+
+nlohmann::json Node::update_plugin(const std::string& name, const fs::path& module,
+                                   const std::string& expect_version, UpdateTimings* timings) {
+  return impl_->update_module(name, module, expect_version, timings);
 }
 
 uint64_t Node::add_event_listener(EventListener listener) {
