@@ -37,8 +37,8 @@ json msg(const std::string& method, json args = json::array(), json extra = json
 }
 
 const std::string kHelloDisabled =
-    "method \"greet\" on node n1 belongs to plugin hello, which is disabled: disabled in the "
-    "config ($.extensions.hello.enabled)";
+    "unknown method \"greet\" on node n1: plugin hello, which provides it, is disabled: "
+    "disabled in the config ($.extensions.hello.enabled)";
 
 // Collects the config_reloaded events a node emits.
 class ReloadEvents {
@@ -179,8 +179,8 @@ TEST_F(ReloadTest, CallsInFlightFinishOnTheModuleBeingDisabled) {
     EXPECT_EQ(reply.data, "hello from n1 (hello 1.0.0)");
   }
   EXPECT_EQ(rejection(msg("greet_slow", {"1"})),
-            "message 0: method \"greet_slow\" on node n1 belongs to plugin hello, which is "
-            "disabled: disabled in the config ($.extensions.hello.enabled)");
+            "message 0: unknown method \"greet_slow\" on node n1: plugin hello, which provides "
+            "it, is disabled: disabled in the config ($.extensions.hello.enabled)");
 }
 
 TEST_F(ReloadTest, CallsThatOutlastTheDrainAreCancelledWithTheReason) {
@@ -221,7 +221,7 @@ TEST_F(ReloadTest, NoCallLostWhileAModuleIsSwitchedOffAndOn) {
         for (const auto& a : r.accepted) accepted.push_back(a.id);
         for (const auto& e : r.errors) {
           ++rejected;
-          if (e.error.find("belongs to plugin hello, which is disabled") == std::string::npos) {
+          if (e.error.find("plugin hello, which provides it, is disabled") == std::string::npos) {
             bad_rejections.push_back(e.error);
           }
         }
@@ -254,8 +254,8 @@ TEST_F(ReloadTest, NoCallLostWhileAModuleIsSwitchedOffAndOn) {
     } else {
       // Accepted just before the switch, dispatched just after it.
       EXPECT_EQ(r.error,
-                "method \"greet_slow\" on node n1 belongs to plugin hello, which is disabled: "
-                "disabled in the config ($.extensions.hello.enabled)");
+                "unknown method \"greet_slow\" on node n1: plugin hello, which provides it, is "
+                "disabled: disabled in the config ($.extensions.hello.enabled)");
       ++refused;
     }
   }
@@ -451,8 +451,8 @@ TEST(ReloadProcessTest, SighupReloadsARealNodeOnABroker) {
   json refused = answer();
   EXPECT_EQ(refused.value("status", ""), "error");
   EXPECT_EQ(refused.value("error", ""),
-            "method \"greet\" on node ship1 belongs to plugin hello, which is disabled: disabled "
-            "in the config ($.extensions.hello.enabled)");
+            "unknown method \"greet\" on node ship1: plugin hello, which provides it, is "
+            "disabled: disabled in the config ($.extensions.hello.enabled)");
 
   // A bad config: refused, logged with its JSON path, the node runs on as it was.
   ship.config()["extensions"]["hello"]["enabled"] = true;

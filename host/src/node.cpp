@@ -172,15 +172,15 @@ std::string Node::Impl::unknown_method_text(const std::string& method) const {
   for (const auto& [n, e] : *t) names.push_back(n);
   std::string near = closest_match(method, names);
   {
-    // A method of a plugin that is not active says so rather than "unknown".
+    // A method of a plugin that is not active says which and why.
     std::lock_guard<std::mutex> lock(plugins_mu);
     for (const auto& p : plugin_infos) {
       if (p.state == PluginState::active ||
           std::find(p.methods.begin(), p.methods.end(), method) == p.methods.end()) {
         continue;
       }
-      return "method \"" + method + "\" on node " + config.node.name + " belongs to plugin " +
-             p.name + ", which is " + to_string(p.state) +
+      return "unknown method \"" + method + "\" on node " + config.node.name + ": plugin " +
+             p.name + ", which provides it, is " + to_string(p.state) +
              (p.reason.empty() ? std::string() : ": " + p.reason);
     }
   }
