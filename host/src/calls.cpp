@@ -41,10 +41,11 @@ double effective_timeout_s(const Config& config, const Message& m) {
   return m.is_reply ? config.defaults.reply_method_timeout_s : config.defaults.method_timeout_s;
 }
 
-bool Node::Impl::enter_module(MethodEntry& entry) {
+bool Node::Impl::enter_module(MethodEntry& entry, std::string* error) {
   // A dispatcher may hold a table taken just before a swap: a retired
   // module is never entered, the method is looked up again instead.
-  for (int attempt = 0; attempt < 8 && entry.module; ++attempt) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    if (!entry.module) return true;
     {
       std::lock_guard<std::mutex> lock(entry.module->inflight_mu);
       if (!entry.module->retired) {
@@ -52,18 +53,15 @@ bool Node::Impl::enter_module(MethodEntry& entry) {
         return true;
       }
     }
-    auto t = methods();
-    auto it = t->find(entry.name);
-    if (it == t->end()) return false;
-    entry = it->second;
+    if (!find_method(entry.name, &entry, error)) return false;
   }
-  return entry.module == nullptr;
+  *error = entry.name + ": its module was replaced again and again while the call started";
+  return false;
 }
 
 void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run, bool tracked) {
   MethodEntry entry = found;
-  if (!enter_module(entry)) {
-    std::string error = unknown_method_text(entry.name);
+  if (std::string error; !enter_module(entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
     if (tracked) mark_done(m.id);
     send_reply(m, "", true, 0, error);

@@ -218,6 +218,7 @@ void Node::Impl::drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
     }
   }
   lock.unlock();
+  inst->cancel_timers();  // any a handler started while it drained
   if (inst->file->descriptor().on_shutdown != nullptr && inst->instance != nullptr) {
     inst->file->descriptor().on_shutdown(inst->instance);
   }

@@ -166,27 +166,31 @@ nlohmann::json SubmitResult::to_json() const {
   return {{"accepted", a}, {"errors", e}};
 }
 
-std::string Node::Impl::unknown_method_text(const std::string& method) const {
-  auto t = methods();
-  std::vector<std::string> names;
-  for (const auto& [n, e] : *t) names.push_back(n);
-  std::string near = closest_match(method, names);
-  {
+bool Node::Impl::find_method(const std::string& method, MethodEntry* entry,
+                             std::string* error) const {
+  // One lock for the table and the plugins, so that what a caller is told
+  // about a missing method matches the table it was missing from.
+  std::lock_guard<std::mutex> lock(plugins_mu);
+  if (auto it = table->find(method); it != table->end()) {
+    if (entry) *entry = it->second;
+    return true;
+  }
+  if (error == nullptr) return false;
+  *error = "unknown method \"" + method + "\" on node " + config.node.name;
+  for (const auto& p : plugin_infos) {
     // A method of a plugin that is not active says which and why.
-    std::lock_guard<std::mutex> lock(plugins_mu);
-    for (const auto& p : plugin_infos) {
-      if (p.state == PluginState::active ||
-          std::find(p.methods.begin(), p.methods.end(), method) == p.methods.end()) {
-        continue;
-      }
-      return "unknown method \"" + method + "\" on node " + config.node.name + ": plugin " +
-             p.name + ", which provides it, is " + to_string(p.state) +
-             (p.reason.empty() ? std::string() : ": " + p.reason);
+    if (std::find(p.methods.begin(), p.methods.end(), method) != p.methods.end()) {
+      *error += ": plugin " + p.name + ", which provides it, is " + to_string(p.state) +
+                (p.reason.empty() ? std::string() : ": " + p.reason);
+      return false;
     }
   }
-  std::string text = "unknown method \"" + method + "\" on node " + config.node.name;
-  if (!near.empty()) text += " (did you mean \"" + near + "\"?)";
-  return text;
+  std::vector<std::string> names;
+  for (const auto& [n, e] : *table) names.push_back(n);
+  if (std::string near = closest_match(method, names); !near.empty()) {
+    *error += " (did you mean \"" + near + "\"?)";
+  }
+  return false;
 }
 
 SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
@@ -219,8 +223,9 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
     for (const auto& target : targets) {
       std::string error;
       if (target == self) {
-        auto t = methods();
-        if (t->find(m.method) == t->end()) error = where + ": " + unknown_method_text(m.method);
+        if (std::string missing; !find_method(m.method, nullptr, &missing)) {
+          error = where + ": " + missing;
+        }
       } else if (config.broker.standalone()) {
         error = where + ": node \"" + target + "\" is unreachable: node " + self +
                 " is standalone (no broker.servers in its config)";
@@ -291,10 +296,8 @@ void Node::Impl::deliver_local(Message m, bool tracked) {
 }
 
 void Node::Impl::dispatch_request(Message m, bool tracked) {
-  auto t = methods();
-  auto it = t->find(m.method);
-  if (it == t->end()) {
-    std::string error = unknown_method_text(m.method);
+  MethodEntry entry;
+  if (std::string error; !find_method(m.method, &entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
     if (tracked) mark_done(m.id);
     send_reply(m, "", true, 0, error);
@@ -302,8 +305,8 @@ void Node::Impl::dispatch_request(Message m, bool tracked) {
   }
   // A message from the bus is already on a worker thread: run it right here
   // rather than queueing it again (serial methods keep their strand).
-  bool here = tracked && !it->second.serial;
-  start_call(std::move(m), it->second, here, tracked);
+  bool here = tracked && !entry.serial;
+  start_call(std::move(m), entry, here, tracked);
 }
 
 void Node::Impl::handle_reply(Message m, bool tracked) {
@@ -360,14 +363,12 @@ void Node::Impl::run_reply_method(const Message& m) {
   if (m.method == "none") return;
   Message copy = m;
   if (!m.error.empty() && copy.data.empty()) copy.data = "error: " + m.error;
-  auto t = methods();
-  auto it = t->find(copy.method);
-  if (it == t->end()) {
-    spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to,
-                  unknown_method_text(copy.method));
+  MethodEntry entry;
+  if (std::string error; !find_method(copy.method, &entry, &error)) {
+    spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to, error);
     return;
   }
-  start_call(std::move(copy), it->second, true);
+  start_call(std::move(copy), entry, true);
 }
 
 void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payload) {

@@ -235,12 +235,13 @@ struct Node::Impl {
   void handle_reply(Message m, bool tracked);
   void run_reply_method(const Message& m);
   void emit_event(const std::string& event, const nlohmann::json& payload);
-  std::string unknown_method_text(const std::string& method) const;
+  // The method's current entry; when there is none, says why in `error`.
+  bool find_method(const std::string& method, MethodEntry* entry, std::string* error) const;
   void shutdown();
 
   // calls.cpp
   void start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked = false);
-  bool enter_module(MethodEntry& entry);
+  bool enter_module(MethodEntry& entry, std::string* error);
   void run_call(const std::shared_ptr<bosun_call>& call);
   void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
   void expire_call(const std::shared_ptr<bosun_call>& call);

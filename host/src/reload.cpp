@@ -117,8 +117,9 @@ json Node::Impl::reload() {
     } else {
       auto names = [&](const char* key) {
         std::vector<std::string> v;
-        for (const auto& e : result[key])
+        for (const auto& e : result[key]) {
           v.push_back(e.is_string() ? e.get<std::string>() : e.value("plugin", ""));
+        }
         return joined(v);
       };
       std::string text = "config reloaded from " + config.file.string() + ": " + status;
@@ -160,10 +161,12 @@ json Node::Impl::reload() {
   }
 
   std::vector<std::shared_ptr<DrainStatus>> drain_statuses;
+  int64_t drain_timeout_before = 0;
   {
     std::lock_guard<std::mutex> one_at_a_time(update_mu);
     if (stopping) return refuse("the node is stopping");
     const auto cur = current_config();
+    drain_timeout_before = cur->host.drain_timeout_ms;
     for (const auto& p : restart_paths(*cur, next)) result["needsRestart"].push_back(p);
     for (const auto& p : live_paths(*cur, next)) result["applied"].push_back(p);
 
@@ -297,9 +300,11 @@ json Node::Impl::reload() {
   }
 
   // Outside update_mu: a call being drained may be an update waiting for it.
-  auto bound = std::chrono::steady_clock::now() +
-               std::chrono::milliseconds(current_config()->host.drain_timeout_ms) +
-               std::chrono::seconds(5);
+  // The drains run on the drain timeout from before this reload.
+  auto bound =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(std::max(drain_timeout_before, next.host.drain_timeout_ms)) +
+      std::chrono::seconds(5);
   for (size_t i = 0; i < drain_statuses.size(); ++i) {
     DrainStatus& s = *drain_statuses[i];
     std::unique_lock<std::mutex> lock(s.mu);
