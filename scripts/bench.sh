@@ -10,7 +10,7 @@ if [[ $# -ne 1 ]]; then
   exit 2
 fi
 bin="$1/bin"
-benches=(abi_bench raw_nats_bench messaging_bench)
+benches=(abi_bench raw_nats_bench messaging_bench swap_bench)
 results=()
 failed=()
 
@@ -51,6 +51,7 @@ goals = {
     "abi": [("added_ns", "<", 100, "ns added per call by the ABI")],
     "messaging": [("rps_ratio", ">=", 0.5, "bosun requests/s over raw nats.c"),
                   ("p50_ratio", "<=", 3, "bosun p50 latency over raw nats.c")],
+    "swap": [("swap_p50_ms", "<", 10, "swap p50, verified file to new version serving, probe excluded")],
 }
 for line in sys.stdin:
     r = json.loads(line)

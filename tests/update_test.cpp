@@ -590,8 +590,10 @@ TEST_F(UpdateTest, AHundredUpdatesMapAtMostTwoVersions) {
   // freed memory in quarantine (its default), so memory is bounded loosely.
   EXPECT_LE(mapped_files("hello.so").size(), 3u);
   EXPECT_LT(rss_kb() - rss_before, 512 * 1024) << "RSS grew by more than 512 MB";
+  // bench/swap_bench runs this scenario in a Release build and fails on a
+  // third mapped version (`make bench`).
   GTEST_SKIP() << "at most two mapped versions holds only where modules are dlclosed (not "
-                  "under ASan)";
+                  "under ASan): checked by swap_bench in a Release build";
 #else
   (void)rss_before;
   std::set<std::string> mapped;

@@ -42,7 +42,32 @@ double effective_timeout_s(const Config& config, const Message& m) {
   return m.is_reply ? config.defaults.reply_method_timeout_s : config.defaults.method_timeout_s;
 }
 
-void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked) {
+bool Node::Impl::enter_module(MethodEntry& entry, std::string* error) {
+  // A dispatcher may hold a table taken just before a swap: a retired
+  // module is never entered, the method is looked up again instead.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    if (!entry.module) return true;
+    {
+      std::lock_guard<std::mutex> lock(entry.module->inflight_mu);
+      if (!entry.module->retired) {
+        ++entry.module->inflight;
+        return true;
+      }
+    }
+    if (!find_method(entry.name, &entry, error)) return false;
+  }
+  *error = entry.name + ": its module was replaced again and again while the call started";
+  return false;
+}
+
+void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run, bool tracked) {
+  MethodEntry entry = found;
+  if (std::string error; !enter_module(entry, &error)) {
+    spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
+    if (tracked) mark_done(m.id);
+    send_reply(m, "", true, 0, error);
+    return;
+  }
   auto call = std::make_shared<bosun_call>();
   call->node = this;
   call->tracked = tracked;
@@ -54,7 +79,7 @@ void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run
   const Message& msg = call->msg;
   call->args.reserve(msg.method_args.size());
   for (const auto& a : msg.method_args) call->args.push_back(bosun_str{a.data(), a.size()});
-  double timeout_s = effective_timeout_s(config, msg);
+  double timeout_s = effective_timeout_s(*current_config(), msg);
   bosun_request& r = call->request;
   r.struct_size = sizeof(bosun_request);
   r.id = {msg.id.data(), msg.id.size()};
@@ -68,10 +93,6 @@ void Node::Impl::start_call(Message m, const MethodEntry& entry, bool inline_run
   r.message_json = {call->message_json.data(), call->message_json.size()};
   r.timeout_ms = timeout_s < 0 ? 0 : static_cast<int64_t>(std::llround(timeout_s * 1000));
 
-  if (entry.module) {
-    std::lock_guard<std::mutex> lock(entry.module->inflight_mu);
-    ++entry.module->inflight;
-  }
   {
     std::lock_guard<std::mutex> lock(calls_mu);
     running[msg.id] = call;
@@ -135,7 +156,11 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
     if (!call->finished) {
       call->finished = true;
       send = true;
-      if (status == BOSUN_ERR_CANCELLED && call->error.empty()) {
+      if (status != BOSUN_OK && !call->cancel_reason.empty()) {
+        // The host cancelled it: say why, after what the handler said.
+        call->error = (call->error.empty() ? call->msg.method + " was cancelled" : call->error) +
+                      " (" + call->cancel_reason + ")";
+      } else if (status == BOSUN_ERR_CANCELLED && call->error.empty()) {
         call->error = call->msg.method + " was cancelled (op_process_stop or node shutdown)";
       } else if (status != BOSUN_OK && call->error.empty()) {
         call->error = call->msg.method + " failed: " + bosun_status_name(status);
@@ -187,7 +212,7 @@ void Node::Impl::expire_call(const std::shared_ptr<bosun_call>& call) {
     if (call->finished) return;
     call->finished = true;
     call->cancelled = true;
-    double t = effective_timeout_s(config, call->msg);
+    double t = effective_timeout_s(*current_config(), call->msg);
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g", t);
     error =

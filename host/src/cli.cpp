@@ -9,6 +9,7 @@
 #include <boost/asio.hpp>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "bosun/host/client.hpp"
@@ -404,6 +405,100 @@ int cmd_watch(const std::string& config_file, const std::vector<std::string>& ev
   return 0;
 }
 
+// The socket of the node a config file names, from its "node" section
+// alone: a file refused for an error elsewhere still reaches its node.
+std::optional<fs::path> socket_of_broken_config(const std::string& file) {
+  std::ifstream in(file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json doc = json::parse(ss.str(), nullptr, false);
+  if (!doc.is_object() || !doc.contains("node")) return std::nullopt;
+  try {
+    return parse_config({{"node", doc["node"]}}, fs::absolute(file).parent_path()).socket_path();
+  } catch (const ConfigError&) {
+    return std::nullopt;
+  }
+}
+
+void print_reload(const json& r) {
+  std::string node = r.value("node", "?");
+  std::string file = r.value("file", "");
+  std::string status = r.value("status", "");
+  if (status == "refused") {
+    std::cerr << "bosun reload: node " << node << " refused " << file << ": "
+              << r.value("error", "") << "\n"
+              << "the running config stays\n";
+    return;
+  }
+  std::cout << "node " << node << ": "
+            << (status == "unchanged" ? "nothing to change from " : "config reloaded from ") << file
+            << " (" << status << ", " << r.value("durationMs", 0) << " ms)\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : r["loaded"]) {
+    rows.push_back({"loaded", e.value("plugin", "") + " " + e.value("version", "")});
+  }
+  for (const auto& e : r["unloaded"]) {
+    rows.push_back({"unloaded", e.value("plugin", "") + " " + e.value("version", "") + " (" +
+                                    e.value("drain", "") + ")"});
+  }
+  for (const auto& e : r["settingsUpdated"]) {
+    rows.push_back({"settings updated", e.get<std::string>()});
+  }
+  for (const auto& e : r["applied"]) rows.push_back({"applied", e.get<std::string>()});
+  for (const auto& e : r["failed"]) {
+    rows.push_back({"FAILED", e.value("plugin", "") + ": " + e.value("reason", "")});
+  }
+  for (const auto& e : r["needsRestart"]) {
+    rows.push_back({"needs a restart", e.get<std::string>()});
+  }
+  size_t width = 0;
+  for (const auto& row : rows) width = std::max(width, row[0].size());
+  for (const auto& row : rows) std::cout << "  " << pad(row[0], width + 2) << row[1] << "\n";
+}
+
+int cmd_reload(const std::string& config_file, bool as_json) {
+  fs::path socket;
+  try {
+    socket = load_config(config_file).socket_path();
+  } catch (const ConfigError& e) {
+    auto s = socket_of_broken_config(config_file);
+    if (!s) {
+      // Without a readable "node" section there is no node to ask.
+      std::cerr << "bosun reload: refused " << config_file << ": " << e.what()
+                << "\nthe running config stays (the node was not asked: its socket is unknown)\n";
+      return 1;
+    }
+    socket = *s;  // the node refuses it too, and logs and publishes that
+  }
+  json result;
+  std::string error;
+  try {
+    NodeClient client(socket);
+    client.request({{"op", "reload"}}, [&](const json& line) {
+      std::string type = line.value("type", "");
+      if (type == "reload") result = line.value("result", json::object());
+      if (type == "error") error = line.value("error", "");
+      return false;
+    });
+  } catch (const std::exception& e) {
+    std::cerr << "bosun reload: " << e.what() << "\n";
+    return 2;
+  }
+  if (!result.is_object() || !result.contains("status")) {
+    std::cerr << "bosun reload: "
+              << (error.empty() ? "the node closed the connection without an answer" : error)
+              << "\n";
+    return 2;
+  }
+  if (as_json) {
+    std::cout << result.dump() << std::endl;
+  } else {
+    print_reload(result);
+  }
+  std::string status = result.value("status", "");
+  return status == "reloaded" || status == "unchanged" ? 0 : 1;
+}
+
 std::string default_node_name() {
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
@@ -489,6 +584,15 @@ int cli_main(int argc, char** argv) {
   watch->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   watch->add_option("events", events, "event names to show (default: all)");
 
+  auto* reload = app.add_subcommand(
+      "reload",
+      "Make the running node re-read its config file (as SIGHUP does) and print what changed:\n"
+      "modules loaded, unloaded, settings updated; exits non-zero when the config is refused\n"
+      "(the running one stays) or a change failed.\n"
+      "Example: bosun reload --config bosun.json");
+  reload->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  reload->add_flag("--json", as_json, "the outcome as one JSON object");
+
   auto* config = app.add_subcommand("config", "Write or check a config file.");
   config->require_subcommand(1);
   auto* init = config->add_subcommand(
@@ -516,6 +620,7 @@ int cli_main(int argc, char** argv) {
   if (watch->parsed()) return cmd_watch(config_file, events);
   if (nodes->parsed()) return cmd_nodes(config_file, as_json);
   if (update->parsed()) return cmd_update_plugin(config_file, to, module_file, wait, as_json);
+  if (reload->parsed()) return cmd_reload(config_file, as_json);
   if (init->parsed()) {
     if (fs::exists(init_file) && !force) {
       std::cerr << "bosun config init: " << init_file << " exists (use --force to overwrite)\n";

@@ -117,12 +117,14 @@ void Node::Impl::resume_delivery() {
 
 double Node::Impl::ack_timeout_s(const Message& m) const {
   if (m.ack_timeout) return *m.ack_timeout;
-  return m.is_reply ? config.defaults.reply_ack_timeout_s : config.defaults.ack_timeout_s;
+  const DefaultsConfig d = current_config()->defaults;
+  return m.is_reply ? d.reply_ack_timeout_s : d.ack_timeout_s;
 }
 
 int Node::Impl::retries_of(const Message& m) const {
   if (m.retries) return *m.retries;
-  return m.is_reply ? config.defaults.reply_retries : config.defaults.retries;
+  const DefaultsConfig d = current_config()->defaults;
+  return m.is_reply ? d.reply_retries : d.retries;
 }
 
 void Node::Impl::send_remote(Message m) {

@@ -76,6 +76,61 @@ MethodEntry Node::Impl::method_entry(const std::shared_ptr<ModuleInstance>& inst
   return e;
 }
 
+std::shared_ptr<ModuleInstance> Node::Impl::load_module(const fs::path& path,
+                                                        const ExtensionConfig& ext,
+                                                        const MethodTable& taken, PluginInfo& info,
+                                                        bool at_start) {
+  info.name = path.stem().string();
+  info.path = path.string();
+  info.state = PluginState::failed;
+  info.reason.clear();
+  if (!ext.enabled) {
+    info.state = PluginState::disabled;
+    info.reason = "disabled in the config ($.extensions." + info.name + ".enabled)";
+    spdlog::info("module {}: disabled in the config", info.name);
+    return nullptr;
+  }
+  std::unique_ptr<ModuleFile> file;
+  fs::path chosen = path;
+  std::string rollback;
+  if (auto recorded = recorded_module_path(info.name, &rollback, at_start)) {
+    chosen = *recorded;  // the version last activated by an update (or rolled back to)
+    info.path = chosen.string();
+    if (!rollback.empty()) spdlog::warn("module {}: rolled back: {}", info.name, rollback);
+  }
+  try {
+    file = ModuleFile::open(chosen, info.name);
+  } catch (const ModuleLoadError& e) {
+    info.reason = e.what();
+    spdlog::error("module {} failed to load: {}", info.name, e.what());
+    return nullptr;
+  }
+  info.version = file->version();
+  info.description = file->description();
+  info.methods.clear();
+  for (const auto& m : file->methods()) info.methods.push_back(m.name);
+  for (const auto& m : file->methods()) {
+    if (auto it = taken.find(m.name); it != taken.end()) {
+      info.reason =
+          "method \"" + m.name + "\" is already provided by " +
+          (it->second.module ? "module " + it->second.module->name() : std::string("the host"));
+      spdlog::error("module {} not loaded: {}", info.name, info.reason);
+      return nullptr;
+    }
+  }
+  auto inst = init_module(std::move(file), ext, info);
+  if (!inst) {
+    if (info.state == PluginState::inactive) {
+      spdlog::info("module {} inactive: {}", info.name, info.reason);
+    } else {
+      spdlog::error("module {} failed: {}", info.name, info.reason);
+    }
+    return nullptr;
+  }
+  spdlog::info("module {} {} active: {} method(s)", info.name, info.version, info.methods.size());
+  return inst;
+}
+
 void Node::Impl::load_modules() {
   const fs::path& dir = config.plugins.dir;
   std::vector<fs::path> files;
@@ -91,74 +146,16 @@ void Node::Impl::load_modules() {
 
   auto new_table = std::make_shared<MethodTable>();
   register_builtins(*new_table);
-  std::map<std::string, std::string> owner;  // method -> module
-  for (const auto& [name, e] : *new_table) owner[name] = "host";
-
+  auto cfg = current_config();
   std::vector<PluginInfo> infos;
   std::vector<std::shared_ptr<ModuleInstance>> loaded;
   for (const auto& path : files) {
     PluginInfo info;
-    info.name = path.stem().string();
-    info.path = path.string();
-    ExtensionConfig ext = config.extension(info.name);
-    if (!ext.enabled) {
-      info.state = PluginState::disabled;
-      info.reason = "disabled in the config ($.extensions." + info.name + ".enabled)";
-      spdlog::info("module {}: disabled in the config", info.name);
-      infos.push_back(std::move(info));
-      continue;
+    auto inst = load_module(path, cfg->extension(path.stem().string()), *new_table, info, true);
+    if (inst) {
+      for (const auto& m : inst->file->methods()) (*new_table)[m.name] = method_entry(inst, m);
+      loaded.push_back(inst);
     }
-    std::unique_ptr<ModuleFile> file;
-    fs::path chosen = path;
-    std::string rollback;
-    if (auto recorded = recorded_module_path(info.name, &rollback)) {
-      chosen = *recorded;  // the version last activated by an update (or rolled back to)
-      info.path = chosen.string();
-      if (!rollback.empty()) spdlog::warn("module {}: rolled back: {}", info.name, rollback);
-    }
-    try {
-      file = ModuleFile::open(chosen, info.name);
-    } catch (const ModuleLoadError& e) {
-      info.state = PluginState::failed;
-      info.reason = e.what();
-      spdlog::error("module {} failed to load: {}", info.name, e.what());
-      infos.push_back(std::move(info));
-      continue;
-    }
-    info.version = file->version();
-    info.description = file->description();
-    for (const auto& m : file->methods()) info.methods.push_back(m.name);
-    std::string clash;
-    for (const auto& m : file->methods()) {
-      if (auto it = owner.find(m.name); it != owner.end()) {
-        clash = "method \"" + m.name + "\" is already provided by " +
-                (it->second == "host" ? std::string("the host") : "module " + it->second);
-        break;
-      }
-    }
-    if (!clash.empty()) {
-      info.state = PluginState::failed;
-      info.reason = clash;
-      spdlog::error("module {} not loaded: {}", info.name, clash);
-      infos.push_back(std::move(info));
-      continue;
-    }
-    auto inst = init_module(std::move(file), ext, info);
-    if (!inst) {
-      if (info.state == PluginState::inactive) {
-        spdlog::info("module {} inactive: {}", info.name, info.reason);
-      } else {
-        spdlog::error("module {} failed: {}", info.name, info.reason);
-      }
-      infos.push_back(std::move(info));
-      continue;
-    }
-    for (const auto& m : inst->file->methods()) {
-      owner[m.name] = info.name;
-      (*new_table)[m.name] = method_entry(inst, m);
-    }
-    spdlog::info("module {} {} active: {} method(s)", info.name, info.version, info.methods.size());
-    loaded.push_back(inst);
     infos.push_back(std::move(info));
   }
   std::lock_guard<std::mutex> lock(plugins_mu);
@@ -167,17 +164,47 @@ void Node::Impl::load_modules() {
   table = std::move(new_table);
 }
 
+std::string DrainStatus::summary() const {
+  if (stuck) {
+    return std::to_string(cancelled) +
+           " call(s) ignored cancellation after host.drainTimeout; the instance stays loaded";
+  }
+  if (cancelled > 0) {
+    return std::to_string(cancelled) + " call(s) cancelled after host.drainTimeout";
+  }
+  return "drained";
+}
+
 void Node::Impl::drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
-                                    std::chrono::steady_clock::time_point deadline) {
+                                    std::chrono::steady_clock::time_point deadline,
+                                    const std::string& why, DrainStatus* status) {
+  auto report = [status](int cancelled, bool stuck) {
+    if (status == nullptr) return;
+    std::lock_guard<std::mutex> lock(status->mu);
+    status->cancelled = cancelled;
+    status->stuck = stuck;
+    status->done = true;
+    status->cv.notify_all();
+  };
   inst->cancel_timers();
   std::unique_lock<std::mutex> lock(inst->inflight_mu);
+  inst->retired = true;
+  int cancelled = 0;
   if (!inst->inflight_cv.wait_until(lock, deadline, [&] { return inst->inflight == 0; })) {
+    cancelled = inst->inflight;
     spdlog::warn("module {} {}: {} call(s) still running after the drain deadline; cancelling",
                  inst->name(), inst->file->version(), inst->inflight);
+    std::string reason = "module " + inst->name() + " " + inst->file->version() + " " + why +
+                         ", and the call outlasted host.drainTimeout";
     {
       std::lock_guard<std::mutex> calls_lock(calls_mu);
       for (auto& [id, call] : running) {
-        if (call->entry.module == inst) call->cancelled = true;
+        if (call->entry.module != inst) continue;
+        {
+          std::lock_guard<std::mutex> call_lock(call->mu);
+          call->cancel_reason = reason;
+        }
+        call->cancelled = true;
       }
     }
     // A handler that ignores cancellation keeps the module mapped: never
@@ -185,14 +212,45 @@ void Node::Impl::drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
     if (!inst->inflight_cv.wait_for(lock, std::chrono::seconds(2),
                                     [&] { return inst->inflight == 0; })) {
       spdlog::error("module {}: handlers ignore cancellation; leaving it loaded", inst->name());
+      lock.unlock();
+      report(cancelled, true);
       return;
     }
   }
   lock.unlock();
+  inst->cancel_timers();  // any a handler started while it drained
   if (inst->file->descriptor().on_shutdown != nullptr && inst->instance != nullptr) {
     inst->file->descriptor().on_shutdown(inst->instance);
   }
   inst->instance = nullptr;
+  report(cancelled, false);
+}
+
+std::shared_ptr<DrainStatus> Node::Impl::start_drain(std::shared_ptr<ModuleInstance> inst,
+                                                     const std::string& why) {
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::milliseconds(current_config()->host.drain_timeout_ms);
+  auto status = std::make_shared<DrainStatus>();
+  std::lock_guard<std::mutex> lock(drains_mu);
+  // Join the drains that are over, so a hundred updates keep no threads.
+  for (auto it = drains.begin(); it != drains.end();) {
+    bool over;
+    {
+      std::lock_guard<std::mutex> s(it->status->mu);
+      over = it->status->done;
+    }
+    if (over) {
+      it->thread.join();
+      it = drains.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  drains.push_back({std::thread([this, inst = std::move(inst), deadline, why, status] {
+                      drain_and_shutdown(inst, deadline, why, status.get());
+                    }),
+                    status});
+  return status;
 }
 
 void Node::Impl::unload_all() {
@@ -204,10 +262,15 @@ void Node::Impl::unload_all() {
     register_builtins(*t);
     table = std::move(t);
   }
-  auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(config.host.drain_timeout_ms);
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::milliseconds(current_config()->host.drain_timeout_ms);
   for (auto& inst : all) inst->cancel_timers();
-  for (auto& inst : all) drain_and_shutdown(inst, deadline);
+  for (auto& inst : all) drain_and_shutdown(inst, deadline, "is being unloaded: the node stops");
+}
+
+std::shared_ptr<const Config> Node::Impl::current_config() const {
+  std::lock_guard<std::mutex> lock(config_mu);
+  return running_config;
 }
 
 std::shared_ptr<const MethodTable> Node::Impl::methods() const {

@@ -16,6 +16,7 @@ namespace fs = std::filesystem;
 
 Node::Impl::Impl(Config cfg) : config(std::move(cfg)) {
   data_dir_text = config.node.data_dir.string();
+  running_config = std::make_shared<const Config>(config);
   int workers = config.host.workers;
   if (workers <= 0)
     workers = std::max(4, 2 * static_cast<int>(std::thread::hardware_concurrency()));
@@ -31,8 +32,8 @@ Node::~Node() {
   impl_->shutdown();
 }
 
-const Config& Node::config() const {
-  return impl_->config;
+Config Node::config() const {
+  return *impl_->current_config();
 }
 const std::string& Node::name() const {
   return impl_->config.node.name;
@@ -59,13 +60,16 @@ void Node::start() {
   d.schedule_audit_flush();
   for (const auto& r : d.pending_update_results) d.emit_event("update_result", r);
   d.pending_update_results.clear();
-  d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
+  // Signals before the socket: once the socket answers, a SIGHUP reloads.
   d.signals = std::make_unique<asio::signal_set>(d.io, SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) return;
     spdlog::info("signal {}: stopping", sig);
     stop();
   });
+  d.hangup = std::make_unique<asio::signal_set>(d.io, SIGHUP);
+  d.on_sighup();
+  d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
   spdlog::info("node {} serving on {} ({})", d.config.node.name, d.config.socket_path().string(),
                d.config.broker.standalone() ? "standalone" : "broker");
 }
@@ -89,6 +93,7 @@ void Node::stop() {
   asio::post(impl_->io, [d = impl_.get()] {
     if (d->socket) d->socket->close();
     if (d->signals) d->signals->cancel();
+    if (d->hangup) d->hangup->cancel();
     if (d->audit_flush) d->audit_flush->cancel();
     d->work.reset();
     d->io.stop();
@@ -136,6 +141,8 @@ void Node::Impl::shutdown() {
       }
     }
   }
+  // An update or reload in progress ends first; later ones see `stopping`.
+  { std::lock_guard<std::mutex> barrier(update_mu); }
   unload_all();
   pool->join();  // destroyed with the node, after io
   deadlines.clear();
@@ -160,14 +167,31 @@ nlohmann::json SubmitResult::to_json() const {
   return {{"accepted", a}, {"errors", e}};
 }
 
-std::string Node::Impl::unknown_method_text(const std::string& method) const {
-  auto t = methods();
+bool Node::Impl::find_method(const std::string& method, MethodEntry* entry,
+                             std::string* error) const {
+  // One lock for the table and the plugins, so that what a caller is told
+  // about a missing method matches the table it was missing from.
+  std::lock_guard<std::mutex> lock(plugins_mu);
+  if (auto it = table->find(method); it != table->end()) {
+    if (entry) *entry = it->second;
+    return true;
+  }
+  if (error == nullptr) return false;
+  *error = "unknown method \"" + method + "\" on node " + config.node.name;
+  for (const auto& p : plugin_infos) {
+    // A method of a plugin that is not active says which and why.
+    if (std::find(p.methods.begin(), p.methods.end(), method) != p.methods.end()) {
+      *error += ": plugin " + p.name + ", which provides it, is " + to_string(p.state) +
+                (p.reason.empty() ? std::string() : ": " + p.reason);
+      return false;
+    }
+  }
   std::vector<std::string> names;
-  for (const auto& [n, e] : *t) names.push_back(n);
-  std::string near = closest_match(method, names);
-  std::string text = "unknown method \"" + method + "\" on node " + config.node.name;
-  if (!near.empty()) text += " (did you mean \"" + near + "\"?)";
-  return text;
+  for (const auto& [n, e] : *table) names.push_back(n);
+  if (std::string near = closest_match(method, names); !near.empty()) {
+    *error += " (did you mean \"" + near + "\"?)";
+  }
+  return false;
 }
 
 SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
@@ -200,8 +224,9 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
     for (const auto& target : targets) {
       std::string error;
       if (target == self) {
-        auto t = methods();
-        if (t->find(m.method) == t->end()) error = where + ": " + unknown_method_text(m.method);
+        if (std::string missing; !find_method(m.method, nullptr, &missing)) {
+          error = where + ": " + missing;
+        }
       } else if (config.broker.standalone()) {
         error = where + ": node \"" + target + "\" is unreachable: node " + self +
                 " is standalone (no broker.servers in its config)";
@@ -272,10 +297,8 @@ void Node::Impl::deliver_local(Message m, bool tracked) {
 }
 
 void Node::Impl::dispatch_request(Message m, bool tracked) {
-  auto t = methods();
-  auto it = t->find(m.method);
-  if (it == t->end()) {
-    std::string error = unknown_method_text(m.method);
+  MethodEntry entry;
+  if (std::string error; !find_method(m.method, &entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
     if (tracked) mark_done(m.id);
     send_reply(m, "", true, 0, error);
@@ -283,8 +306,8 @@ void Node::Impl::dispatch_request(Message m, bool tracked) {
   }
   // A message from the bus is already on a worker thread: run it right here
   // rather than queueing it again (serial methods keep their strand).
-  bool here = tracked && !it->second.serial;
-  start_call(std::move(m), it->second, here, tracked);
+  bool here = tracked && !entry.serial;
+  start_call(std::move(m), entry, here, tracked);
 }
 
 void Node::Impl::handle_reply(Message m, bool tracked) {
@@ -351,14 +374,12 @@ void Node::Impl::run_reply_method(const Message& m) {
   if (m.method == "none") return;
   Message copy = m;
   if (!m.error.empty() && copy.data.empty()) copy.data = "error: " + m.error;
-  auto t = methods();
-  auto it = t->find(copy.method);
-  if (it == t->end()) {
-    spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to,
-                  unknown_method_text(copy.method));
+  MethodEntry entry;
+  if (std::string error; !find_method(copy.method, &entry, &error)) {
+    spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to, error);
     return;
   }
-  start_call(std::move(copy), it->second, true);
+  start_call(std::move(copy), entry, true);
 }
 
 void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payload) {
@@ -390,6 +411,15 @@ void Node::Impl::on_remote_event(Incoming&& in) {
     for (const auto& [id, l] : listeners) ls.push_back(l);
   }
   for (const auto& l : ls) l(event, body);
+}
+
+nlohmann::json Node::reload() {
+  return impl_->reload();
+}
+
+nlohmann::json Node::update_plugin(const std::string& name, const fs::path& module,
+                                   const std::string& expect_version, UpdateTimings* timings) {
+  return impl_->update_module(name, module, expect_version, timings);
 }
 
 uint64_t Node::add_event_listener(EventListener listener) {

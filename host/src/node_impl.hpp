@@ -95,10 +95,12 @@ class ModuleInstance : public std::enable_shared_from_this<ModuleInstance> {
   std::map<uint64_t, std::shared_ptr<ModuleTimer>> timers;
   uint64_t next_timer_id = 1;
 
-  // Calls that have entered the module and not yet returned.
+  // Calls that have entered the module and not yet returned. Once retired
+  // (it is being drained) no call enters: new ones look the method up again.
   std::mutex inflight_mu;
   std::condition_variable inflight_cv;
   int inflight = 0;
+  bool retired = false;
 
   const std::string& name() const { return file->name(); }
   void cancel_timers();
@@ -137,16 +139,32 @@ struct bosun_call {
   uint32_t next_seq = 0;
   bosun::host::DeadlineQueue::Key timeout_deadline = 0;  // 0: none
   bosun::host::DeadlineQueue::Key flush_deadline = 0;    // guarded by mu
+  std::string cancel_reason;  // why the host cancelled it (a module unloaded), for the reply
   int64_t started_ms = 0;
   bool tracked = false;  // came through the inbox: its state is kept there
 };
 
 namespace bosun::host {
 
+// How draining one instance of a module ended (modules.cpp).
+struct DrainStatus {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  int cancelled = 0;   // calls still running at the deadline, asked to cancel
+  bool stuck = false;  // some ignored it: the instance stays loaded
+  std::string summary() const;
+};
+
 struct Node::Impl {
   explicit Impl(Config cfg);
 
+  // The config the node started with. Its live fields (see Config) may be
+  // stale after a reload: read those through current_config().
   Config config;
+  mutable std::mutex config_mu;
+  std::shared_ptr<const Config> running_config;
+  std::shared_ptr<const Config> current_config() const;
   std::string data_dir_text;
   // The pool outlives the io_context: handlers still queued on io when it is
   // destroyed may hold strands of the pool.
@@ -160,6 +178,7 @@ struct Node::Impl {
   std::unique_ptr<AuditLog> audit;
   std::unique_ptr<SocketServer> socket;
   std::unique_ptr<asio::signal_set> signals;
+  std::unique_ptr<asio::signal_set> hangup;  // SIGHUP: reload the config
   std::unique_ptr<asio::steady_timer> audit_flush;
   void schedule_audit_flush();
   std::atomic<bool> stopping{false};
@@ -219,11 +238,13 @@ struct Node::Impl {
   void process_replies(const std::vector<std::pair<Message, bool>>& ready);
   void run_reply_method(const Message& m);
   void emit_event(const std::string& event, const nlohmann::json& payload);
-  std::string unknown_method_text(const std::string& method) const;
+  // The method's current entry; when there is none, says why in `error`.
+  bool find_method(const std::string& method, MethodEntry* entry, std::string* error) const;
   void shutdown();
 
   // calls.cpp
   void start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked = false);
+  bool enter_module(MethodEntry& entry, std::string* error);
   void run_call(const std::shared_ptr<bosun_call>& call);
   void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
   void expire_call(const std::shared_ptr<bosun_call>& call);
@@ -260,29 +281,49 @@ struct Node::Impl {
 
   // modules.cpp
   void load_modules();
+  std::shared_ptr<ModuleInstance> load_module(const std::filesystem::path& path,
+                                              const ExtensionConfig& ext, const MethodTable& taken,
+                                              PluginInfo& info, bool at_start);
   MethodEntry method_entry(const std::shared_ptr<ModuleInstance>& inst, const MethodSpec& m);
   void unload_all();
+  // Waits for the instance's calls (cancelling them at `deadline`, `why`
+  // saying what unloads it), then shuts it down; fills `status` if given.
   void drain_and_shutdown(const std::shared_ptr<ModuleInstance>& inst,
-                          std::chrono::steady_clock::time_point deadline);
+                          std::chrono::steady_clock::time_point deadline, const std::string& why,
+                          DrainStatus* status = nullptr);
+  // The same on a thread of its own, joined later (by the next drain or shutdown).
+  std::shared_ptr<DrainStatus> start_drain(std::shared_ptr<ModuleInstance> inst,
+                                           const std::string& why);
 
   // update.cpp
-  std::mutex update_mu;  // one update at a time
+  std::mutex update_mu;  // one update, settings change or reload at a time
   struct Drain {
     std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
+    std::shared_ptr<DrainStatus> status;
   };
   std::vector<Drain> drains;  // old versions being drained
   std::mutex drains_mu;
   nlohmann::json update_module(const std::string& name, const std::filesystem::path& path,
-                               const std::string& expect_version);
+                               const std::string& expect_version, UpdateTimings* timings = nullptr);
+  // Hands `settings` (a JSON object's text) to the module's on_settings;
+  // returns why it did not take them, or "" when it did.
+  std::string apply_settings(const std::shared_ptr<ModuleInstance>& inst,
+                             const std::string& settings);
   std::string probe_module(const std::filesystem::path& path, const std::string& name);
+  // The file an update last activated. At start, a version still on
+  // probation means the host died with it: that rolls back.
   std::optional<std::filesystem::path> recorded_module_path(const std::string& name,
-                                                            std::string* rollback_note);
+                                                            std::string* rollback_note,
+                                                            bool at_start);
   void end_probation(const std::string& name, int64_t started_ms = 0);
   nlohmann::json update_settings(const std::string& name, const nlohmann::json& patch);
   std::vector<nlohmann::json> pending_update_results;  // rollbacks found at start
   std::shared_ptr<ModuleInstance> init_module(std::unique_ptr<ModuleFile> file,
                                               const ExtensionConfig& ext, PluginInfo& info);
+
+  // reload.cpp
+  nlohmann::json reload();
+  void on_sighup();
 };
 
 const bosun_host_api* host_api_table();

@@ -213,7 +213,18 @@ class Session : public std::enable_shared_from_this<Session> {
       watch_read();
       return;
     }
-    error("unknown op \"" + o + "\" (expected send, plugins, calls, status or watch)");
+    if (o == "reload") {
+      // Reloading may wait for modules to drain: keep it off the event loop.
+      waiting_ = true;
+      timer_.cancel();
+      node_.post([self = shared_from_this()] {
+        json result = self->node_.reload();
+        self->write_line({{"type", "reload"}, {"result", result}});
+        self->finish();
+      });
+      return;
+    }
+    error("unknown op \"" + o + "\" (expected send, plugins, calls, status, watch or reload)");
   }
 
   // On a worker thread. Holding mu_ while submitting makes replies that

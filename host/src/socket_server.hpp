@@ -7,7 +7,8 @@
 //   - a request object {"op": ...}: "send" (with "messages", optional
 //     "wait" and "timeout" seconds: reply lines follow as they arrive, then
 //     {"type":"done"}), "plugins", "calls", "watch" (event lines until the
-//     client hangs up), "status".
+//     client hangs up), "status", "reload" (re-read the config file: one line
+//     {"type":"reload","result":{...}}, see Node::reload).
 #pragma once
 
 #include <boost/asio.hpp>

@@ -143,7 +143,7 @@ std::string probe_in_child(const fs::path& path, const std::string& name,
 std::string Node::Impl::probe_module(const fs::path& path, const std::string& name) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
-  std::string settings = config.extension(name).settings.dump();
+  std::string settings = current_config()->extension(name).settings.dump();
   pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fds[0]);
@@ -194,9 +194,10 @@ std::string Node::Impl::probe_module(const fs::path& path, const std::string& na
 }
 
 json Node::Impl::update_module(const std::string& name, const fs::path& path,
-                               const std::string& expect_version) {
+                               const std::string& expect_version, UpdateTimings* timings) {
   std::lock_guard<std::mutex> one_at_a_time(update_mu);
   auto t0 = std::chrono::steady_clock::now();
+  const auto cfg = current_config();
   std::shared_ptr<ModuleInstance> old;
   {
     std::lock_guard<std::mutex> lock(plugins_mu);
@@ -223,10 +224,18 @@ json Node::Impl::update_module(const std::string& name, const fs::path& path,
     return result;
   };
   if (!is_valid_token(name)) return finish("failed", "\"" + name + "\" is not a valid plugin name");
-
-  if (std::string err = probe_module(path, name); !err.empty()) {
-    return finish("failed", "probe failed: " + err);
+  if (stopping) return finish("failed", "the node is stopping");
+  // A reload may have switched it off while this update waited for its turn.
+  if (!cfg->extension(name).enabled) {
+    return finish("failed", "plugin " + name + " is disabled in the config ($.extensions." + name +
+                                ".enabled): enable it and reload the config first");
   }
+
+  auto probe_start = std::chrono::steady_clock::now();
+  std::string probe_error = probe_module(path, name);
+  auto swap_start = std::chrono::steady_clock::now();
+  if (timings) timings->probe = swap_start - probe_start;
+  if (!probe_error.empty()) return finish("failed", "probe failed: " + probe_error);
   std::unique_ptr<ModuleFile> file;
   try {
     file = ModuleFile::open(path, name);
@@ -260,7 +269,7 @@ json Node::Impl::update_module(const std::string& name, const fs::path& path,
   info.version = file->version();
   info.description = file->description();
   for (const auto& m : file->methods()) info.methods.push_back(m.name);
-  auto inst = init_module(std::move(file), config.extension(name), info);
+  auto inst = init_module(std::move(file), cfg->extension(name), info);
   if (!inst) return finish("failed", info.reason);
 
   // The swap: one new table; calls already dispatched keep their entry (and
@@ -291,38 +300,37 @@ json Node::Impl::update_module(const std::string& name, const fs::path& path,
                       {"toVersion", inst->file->version()},
                       {"startedMs", now_ms()}};
     store->meta_put("probation/" + name, probation.dump());
-    auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::milliseconds(config.host.drain_timeout_ms);
-    {
-      std::lock_guard<std::mutex> lock(drains_mu);
-      // Join the drains that are over, so a hundred updates keep no threads.
-      for (auto it = drains.begin(); it != drains.end();) {
-        if (it->done->load()) {
-          it->thread.join();
-          it = drains.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      auto done = std::make_shared<std::atomic<bool>>(false);
-      drains.push_back({std::thread([this, old, deadline, done] {
-                          drain_and_shutdown(old, deadline);
-                          *done = true;
-                        }),
-                        done});
-    }
+    start_drain(old, "was replaced by version " + inst->file->version());
     auto timer = std::make_shared<asio::steady_timer>(io);
-    timer->expires_after(std::chrono::milliseconds(config.plugins.probation_ms));
+    timer->expires_after(std::chrono::milliseconds(cfg->plugins.probation_ms));
     int64_t started = probation["startedMs"];
     timer->async_wait([this, name, timer, started](const boost::system::error_code& ec) {
       if (!ec) asio::post(*pool, [this, name, started] { end_probation(name, started); });
     });
   }
   store->meta_put("active/" + name, active.dump());
+  if (timings) timings->swap = std::chrono::steady_clock::now() - swap_start;
   return finish("updated", "");
 }
 
+std::string Node::Impl::apply_settings(const std::shared_ptr<ModuleInstance>& inst,
+                                       const std::string& settings) {
+  const bosun_plugin& d = inst->file->descriptor();
+  if (d.on_settings == nullptr) {
+    return "module " + inst->name() + " takes no new settings while running (no on_settings)";
+  }
+  bosun_status st = d.on_settings(inst->instance, bosun_str{settings.data(), settings.size()});
+  if (st != BOSUN_OK) {
+    return std::string("module refused the settings (") + bosun_status_name(st) +
+           "); the running settings are unchanged";
+  }
+  std::lock_guard<std::mutex> lock(inst->settings_mu);
+  inst->settings_json = settings;
+  return "";
+}
+
 json Node::Impl::update_settings(const std::string& name, const json& patch) {
+  std::lock_guard<std::mutex> one_at_a_time(update_mu);
   auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<ModuleInstance> inst;
   {
@@ -344,7 +352,7 @@ json Node::Impl::update_settings(const std::string& name, const json& patch) {
   if (!inst) return finish("failed", "no active plugin named \"" + name + "\"");
   result["from"] = result["to"] = inst->file->version();
   if (!patch.is_object()) return finish("failed", "settings must be a JSON object");
-  std::string before, after;
+  std::string before;
   {
     std::lock_guard<std::mutex> lock(inst->settings_mu);
     before = inst->settings_json;
@@ -352,22 +360,9 @@ json Node::Impl::update_settings(const std::string& name, const json& patch) {
   json merged = json::parse(before, nullptr, false);
   if (!merged.is_object()) merged = json::object();
   merged.merge_patch(patch);
-  after = merged.dump();
+  std::string after = merged.dump();
   if (after == before) return finish("unchanged", "");
-  const bosun_plugin& d = inst->file->descriptor();
-  if (d.on_settings == nullptr) {
-    return finish("failed",
-                  "module " + name + " takes no new settings while running (no on_settings)");
-  }
-  bosun_status st = d.on_settings(inst->instance, bosun_str{after.data(), after.size()});
-  if (st != BOSUN_OK) {
-    return finish("failed", std::string("module refused the settings (") + bosun_status_name(st) +
-                                "); the running settings are unchanged");
-  }
-  {
-    std::lock_guard<std::mutex> lock(inst->settings_mu);
-    inst->settings_json = after;
-  }
+  if (std::string why = apply_settings(inst, after); !why.empty()) return finish("failed", why);
   return finish("updated", "");
 }
 
@@ -388,9 +383,10 @@ void Node::Impl::end_probation(const std::string& name, int64_t started_ms) {
 }
 
 std::optional<fs::path> Node::Impl::recorded_module_path(const std::string& name,
-                                                         std::string* rollback_note) {
+                                                         std::string* rollback_note,
+                                                         bool at_start) {
   if (!store) return std::nullopt;
-  if (auto p = store->meta_get("probation/" + name)) {
+  if (auto p = at_start ? store->meta_get("probation/" + name) : std::nullopt) {
     // The host stopped (crashed) while the new version was on probation.
     json j = json::parse(*p, nullptr, false);
     store->write([key = "probation/" + name](WriteTxn& t) { t.del(Db::meta, key); });

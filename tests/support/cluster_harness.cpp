@@ -45,7 +45,7 @@ void ClusterNode::add_module(const fs::path& file) {
 
 void ClusterNode::start(std::chrono::milliseconds timeout) {
   if (running()) throw std::runtime_error("node " + name_ + " is already running");
-  write_file(config_file(), config_.dump(2));
+  write_config();
   { std::ofstream(log_file(), std::ios::app) << "---- bosun run (" << name_ << ") ----\n"; }
   process_ = std::make_unique<Process>(
       std::vector<std::string>{BOSUN_BIN, "run", "--config", config_file().string()}, log_file());
@@ -66,6 +66,15 @@ void ClusterNode::start(std::chrono::milliseconds timeout) {
                              "`) did not come up within " + std::to_string(timeout.count()) +
                              " ms; its log:\n" + tail(log(), 80));
   }
+}
+
+void ClusterNode::write_config() const {
+  write_file(config_file(), config_.dump(2));
+}
+
+void ClusterNode::signal(int sig) {
+  if (!process_) throw std::runtime_error("node " + name_ + " is not running");
+  process_->signal(sig);
 }
 
 void ClusterNode::kill9() {

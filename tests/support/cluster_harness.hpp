@@ -41,8 +41,10 @@ class ClusterNode {
   std::filesystem::path config_file() const { return root_ / "bosun.json"; }
   std::filesystem::path log_file() const { return root_ / "bosun-run.log"; }
 
-  // The config document; edits take effect at the next start().
+  // The config document; edits take effect at the next start(), or at a
+  // reload once written with write_config().
   nlohmann::json& config() { return config_; }
+  void write_config() const;
   // Copies a module file into plugins_dir() (mode 0755).
   void add_module(const std::filesystem::path& file);
 
@@ -54,6 +56,7 @@ class ClusterNode {
   void stop();     // SIGTERM and wait
   void restart();  // stop if running, start again with the same config and data
   bool running() const;
+  void signal(int sig);  // to the running `bosun run` (SIGHUP reloads its config)
 
   std::string log() const;
 

@@ -29,6 +29,7 @@ struct NodeConfig {
   std::string name;                 // one NATS token
   std::string central = "central";  // the central node's name
   std::filesystem::path data_dir;   // absolute after load; default <configdir>/var/<name>
+  bool operator==(const NodeConfig&) const = default;
 };
 
 struct TlsConfig {
@@ -36,6 +37,7 @@ struct TlsConfig {
   std::filesystem::path cert_file;
   std::filesystem::path key_file;
   bool enabled() const { return !ca_file.empty() || !cert_file.empty(); }
+  bool operator==(const TlsConfig&) const = default;
 };
 
 struct BrokerConfig {
@@ -53,11 +55,13 @@ struct BrokerConfig {
   int64_t reconnect_jitter_tls_ms = 5000;
   int max_reconnects = -1;  // -1 = forever
   bool standalone() const { return servers.empty(); }
+  bool operator==(const BrokerConfig&) const = default;
 };
 
 struct ExtensionConfig {
   bool enabled = true;
   nlohmann::json settings = nlohmann::json::object();
+  bool operator==(const ExtensionConfig&) const = default;
 };
 
 struct PluginsConfig {
@@ -65,6 +69,7 @@ struct PluginsConfig {
   bool require_signature = false;
   std::vector<std::string> publisher_keys;  // Ed25519 public keys (base64) trusted to sign modules
   int64_t probation_ms = 60000;  // a host crash within this after an update rolls it back
+  bool operator==(const PluginsConfig&) const = default;
 };
 
 struct DefaultsConfig {
@@ -74,15 +79,18 @@ struct DefaultsConfig {
   double reply_ack_timeout_s = 5;
   int reply_retries = 3;
   double reply_method_timeout_s = 10;
+  bool operator==(const DefaultsConfig&) const = default;
 };
 
 struct SecurityConfig {
   std::map<std::string, std::vector<std::string>> allow{{"central", {"*"}}};
   double allow_skew_s = 300;
+  bool operator==(const SecurityConfig&) const = default;
 };
 
 struct MetricsConfig {
   std::string listen;  // "host:port"; empty = off
+  bool operator==(const MetricsConfig&) const = default;
 };
 
 enum class SyncMode { interval, always };
@@ -91,19 +99,25 @@ struct StorageConfig {
   SyncMode sync = SyncMode::interval;
   int64_t sync_interval_ms = 100;
   int64_t map_size_mb = 1024;
+  bool operator==(const StorageConfig&) const = default;
 };
 
 struct LogConfig {
   std::string level = "info";  // trace|debug|info|warn|error|off
   std::filesystem::path file;  // empty = stderr
+  bool operator==(const LogConfig&) const = default;
 };
 
 struct HostConfig {
   int workers = 0;                      // 0 = auto (max(4, 2 * cores))
   int64_t max_message_bytes = 8 << 20;  // larger messages are refused
   int64_t drain_timeout_ms = 10000;     // in-flight calls get this long on unload
+  bool operator==(const HostConfig&) const = default;
 };
 
+// What a reload (SIGHUP, `bosun reload`) changes in a running node:
+// extensions, defaults, host.drainTimeout and plugins.probation. Everything
+// else is reported as needing a restart.
 struct Config {
   std::filesystem::path file;  // the file it was read from (absolute); empty if none
   NodeConfig node;
@@ -120,6 +134,7 @@ struct Config {
   // The extension's config, or the default (enabled, empty settings).
   ExtensionConfig extension(const std::string& plugin) const;
   std::filesystem::path socket_path() const { return node.data_dir / "bosun.sock"; }
+  bool operator==(const Config&) const = default;
 };
 
 // Reads and validates `file`; relative paths count from its folder.

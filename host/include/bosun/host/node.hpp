@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -51,6 +53,12 @@ struct SubmitResult {
   nlohmann::json to_json() const;
 };
 
+// Where the time of one hot update went (Node::update_plugin).
+struct UpdateTimings {
+  std::chrono::nanoseconds probe{0};  // the child process that loads and inits it first
+  std::chrono::nanoseconds swap{0};   // open beside the running version, init, swap the table
+};
+
 // Receives events (name, full event JSON) as the node emits them.
 using EventListener = std::function<void(const std::string& event, const nlohmann::json& body)>;
 
@@ -81,8 +89,29 @@ class Node {
   // Delivery counters: sent, acked, retried, failed, received, dropped, ...
   nlohmann::json counters() const;
   nlohmann::json running_calls() const;
-  const Config& config() const;
+  // A snapshot of the running config (its live fields change on reload).
+  Config config() const;
   const std::string& name() const;
+
+  // Re-reads the config file the node was started from and applies what can
+  // change while running (DESIGN §6, §8): extensions switched off are
+  // drained and unloaded, switched on are loaded, changed settings reach
+  // the module's on_settings, and defaults, host.drainTimeout and
+  // plugins.probation apply to new work. A config with an error is refused
+  // as a whole; other changes are listed as needing a restart. Returns the
+  // outcome, also published as event "config_reloaded":
+  //   {"node", "file", "status": "reloaded"|"unchanged"|"partial"|"failed"|"refused",
+  //    "error" (refused), "loaded", "unloaded", "settingsUpdated", "applied",
+  //    "failed", "needsRestart", "durationMs"}
+  // Thread-safe; waits for unloaded modules to drain (host.drainTimeout).
+  nlohmann::json reload();
+
+  // Hot-updates plugin `name` from a module file already on disk and
+  // verified (update_plugin's staging does that): probe, load beside, swap,
+  // drain. Returns the UpdateResult; `timings`, when given, gets the phases.
+  nlohmann::json update_plugin(const std::string& name, const std::filesystem::path& module,
+                               const std::string& expect_version = "",
+                               UpdateTimings* timings = nullptr);
 
   // Event subscription (for `bosun watch` and tests); returns an id.
   uint64_t add_event_listener(EventListener listener);
