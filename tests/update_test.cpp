@@ -3,6 +3,7 @@
 // Real modules (examples/hello built as 1.0.0 and 1.1.0, the fixtures, C
 // modules compiled here that crash), a real node in process, and the real
 // `bosun` binary killed with SIGKILL for the probation rollback.
+#include <bosun/plugin.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <signal.h>
@@ -468,7 +469,9 @@ TEST_F(UpdateTest, BadArtifactsFailWithTheReasonAndChangeNothing) {
   // The module must be the one named, in this ABI, loadable and able to start.
   std::string abi = test::read_file(test::fixture_module("fx_abi_major"));
   expect_failed(update_msg("fx_abi_major", "99.0.0", abi),
-                "built for bosun ABI 99.0, this host speaks ABI 1.1", false);
+                "built for bosun ABI 99.0, this host speaks ABI " +
+                    std::to_string(BOSUN_ABI_MAJOR) + "." + std::to_string(BOSUN_ABI_MINOR),
+                false);
   expect_failed(update_msg("other", "1.1.0", hello110_),
                 "module declares the name \"hello\", expected \"other\"", false);
   std::string truncated = test::read_file(test::fixture_module("fx_truncated"));

@@ -172,6 +172,9 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
       seq = call->next_seq++;
     }
   }
+  // A deferred method answers later, through send(): no reply of its own
+  // unless it failed.
+  if (send && status == BOSUN_OK && (call->entry.flags & BOSUN_METHOD_DEFERRED)) send = false;
   if (send) {
     if (!error.empty()) {
       spdlog::warn("call {} ({} from {}) failed: {}", call->msg.id, call->msg.method,
@@ -426,7 +429,7 @@ bosun_status submit_json(Node::Impl* node, const std::string& who, const char* j
     spdlog::error("[{}] send: not valid JSON", who);
     return BOSUN_ERR_INVALID_ARGUMENT;
   }
-  SubmitResult r = node->submit(batch, nullptr, "");
+  SubmitResult r = node->submit(batch, nullptr, "", true);
   for (const auto& e : r.errors) spdlog::error("[{}] send: {}", who, e.error);
   return r.errors.empty() ? BOSUN_OK : BOSUN_ERR_INVALID_ARGUMENT;
 }

@@ -194,8 +194,53 @@ bool Node::Impl::find_method(const std::string& method, MethodEntry* entry,
   return false;
 }
 
+namespace {
+
+// Steward's relay, step 1 (DESIGN §9, core/relay): a request naming
+// relayViaNode travels to that node as a `relay` message that carries the
+// original whole in `data`; the relay module there sends it on in its own
+// name and routes the replies back. The envelope's replies are therefore the
+// relayed message's replies, handled here by relayReplyMethod or, when that
+// is empty, by replyMethod, as in Steward.
+Message relay_envelope(const Message& original) {
+  Message e;
+  e.to_node = original.relay_via_node;
+  e.from_node = original.from_node;
+  e.method = "relay";
+  e.ack_timeout = original.ack_timeout;
+  e.retries = original.retries;
+  e.reply_method =
+      original.relay_reply_method.empty() ? original.reply_method : original.relay_reply_method;
+  e.reply_method_args = original.reply_method_args;
+  e.reply_ack_timeout = original.reply_ack_timeout;
+  e.reply_retries = original.reply_retries;
+  e.reply_method_timeout = original.reply_method_timeout;
+  e.directory = original.directory;
+  e.file_name = original.file_name;
+  e.data = to_json(original).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return e;
+}
+
+// What makes a message unfit for relaying, or "".
+std::string relay_error(const Message& m, const std::string& self, const std::string& where) {
+  if (m.relay_via_node.empty()) return "";
+  if (m.relay_via_node == self) {
+    return where + ": field \"relayViaNode\": \"" + self +
+           "\" is this node, and relaying a message through the node that sends it loops; "
+           "leave relayViaNode out to send it directly";
+  }
+  if (m.method == "relay") {
+    return where +
+           ": field \"relayViaNode\": a relay message cannot itself be relayed (no relay "
+           "chains: a message is relayed through one node)";
+  }
+  return "";
+}
+
+}  // namespace
+
 SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
-                                const std::string& from_node) {
+                                const std::string& from_node, bool from_module) {
   SubmitResult result;
   nlohmann::json list = batch;
   if (list.is_object()) list = nlohmann::json::array({batch});
@@ -204,41 +249,55 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
     return result;
   }
   const std::string& self = config.node.name;
+  auto reject = [&](size_t i, const std::string& error) {
+    result.errors.push_back({i, error});
+    if (audit) audit->append("rejected", {{"error", error}, {"input", list[i]}});
+  };
   for (size_t i = 0; i < list.size(); ++i) {
     std::string where = "message " + std::to_string(i);
     Message m;
     try {
       m = parse_message(list[i], where);
     } catch (const MessageError& e) {
-      result.errors.push_back({i, e.what()});
-      if (audit) audit->append("rejected", {{"error", e.what()}, {"input", list[i]}});
+      reject(i, e.what());
       continue;
     }
     m.from_node = from_node.empty() ? self : from_node;
+    if (m.is_reply && from_module) {
+      submit_reply(std::move(m), i, where, result);
+      continue;
+    }
     m.is_reply = false;
+    if (std::string error = relay_error(m, self, where); !error.empty()) {
+      reject(i, error);
+      continue;
+    }
     std::vector<std::string> targets = m.to_nodes;
     if (!m.to_node.empty() &&
         std::find(targets.begin(), targets.end(), m.to_node) == targets.end()) {
       targets.insert(targets.begin(), m.to_node);
     }
     for (const auto& target : targets) {
+      // The first hop: the relay node for a relayed message.
+      const std::string& hop = m.relay_via_node.empty() ? target : m.relay_via_node;
       std::string error;
       if (target == self) {
         if (std::string missing; !find_method(m.method, nullptr, &missing)) {
           error = where + ": " + missing;
         }
-      } else if (config.broker.standalone()) {
-        error = where + ": node \"" + target + "\" is unreachable: node " + self +
+      }
+      if (error.empty() && hop != self && config.broker.standalone()) {
+        error = where + ": node \"" + hop + "\" is unreachable: node " + self +
                 " is standalone (no broker.servers in its config)";
       }
       if (!error.empty()) {
-        result.errors.push_back({i, error});
-        if (audit) audit->append("rejected", {{"error", error}, {"input", list[i]}});
+        reject(i, error);
         continue;
       }
       Message one = m;
       one.to_node = target;
       one.to_nodes.clear();
+      if (!one.relay_via_node.empty()) one = relay_envelope(one);
       one.id = new_message_id();
       one.sent_at_ms = now_ms();
       if (waiter) {
@@ -246,7 +305,6 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         waiters[one.id] = waiter;
       }
       std::string id = one.id;
-      std::string method = one.method;
       if (audit) audit->append("accepted", to_json(one));
       try {
         route(std::move(one));
@@ -257,10 +315,44 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         waiters.erase(id);
         continue;
       }
-      result.accepted.push_back({i, id, target, method});
+      result.accepted.push_back({i, id, target, m.method});
     }
   }
   return result;
+}
+
+void Node::Impl::submit_reply(Message m, size_t index, const std::string& where,
+                              SubmitResult& result) {
+  std::string error;
+  if (m.in_reply_to.empty()) {
+    error = where + ": a reply needs \"inReplyTo\" (the id of the request it answers)";
+  } else if (!m.to_nodes.empty() || m.to_node.empty()) {
+    error = where + ": a reply goes to one node: give \"toNode\" and no \"toNodes\"";
+  } else if (m.to_node != config.node.name && config.broker.standalone()) {
+    error = where + ": node \"" + m.to_node + "\" is unreachable: node " + config.node.name +
+            " is standalone (no broker.servers in its config)";
+  }
+  if (!error.empty()) {
+    result.errors.push_back({index, error});
+    if (audit) audit->append("rejected", {{"error", error}, {"input", to_json(m)}});
+    return;
+  }
+  m.relay_via_node.clear();
+  m.relay_reply_method.clear();
+  if (m.status.empty()) m.status = m.error.empty() ? "ok" : "error";
+  m.id = new_message_id();
+  m.sent_at_ms = now_ms();
+  std::string id = m.id;
+  std::string to = m.to_node;
+  std::string method = m.method;
+  if (audit) audit->append("accepted", to_json(m));
+  try {
+    route(std::move(m));
+  } catch (const std::exception& e) {
+    result.errors.push_back({index, where + ": not accepted for node \"" + to + "\": " + e.what()});
+    return;
+  }
+  result.accepted.push_back({index, id, to, method});
 }
 
 void Node::Impl::route(Message m) {
@@ -369,16 +461,19 @@ void Node::Impl::process_replies(const std::vector<std::pair<Message, bool>>& re
 }
 
 void Node::Impl::run_reply_method(const Message& m) {
-  // A bare end-of-stream marker carries nothing for a reply method.
-  if (m.data.empty() && m.error.empty()) return;
   if (m.method == "none") return;
-  Message copy = m;
-  if (!m.error.empty() && copy.data.empty()) copy.data = "error: " + m.error;
+  // A bare end-of-stream marker carries nothing for a reply method, unless
+  // it asked to see the ends of streams (relay forwards them).
+  bool marker = m.data.empty() && m.error.empty();
   MethodEntry entry;
-  if (std::string error; !find_method(copy.method, &entry, &error)) {
-    spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to, error);
+  if (std::string error; !find_method(m.method, &entry, &error)) {
+    if (!marker)
+      spdlog::error("reply {} from {} to {}: {}", m.id, m.from_node, m.in_reply_to, error);
     return;
   }
+  if (marker && !(entry.flags & BOSUN_METHOD_END_MARKERS)) return;
+  Message copy = m;
+  if (!m.error.empty() && copy.data.empty()) copy.data = "error: " + m.error;
   start_call(std::move(copy), entry, true);
 }
 

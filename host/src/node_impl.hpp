@@ -229,8 +229,11 @@ struct Node::Impl {
   void on_remote_event(Incoming&& in);
 
   // node.cpp
+  // `from_module`: sent through the host API, where a module may also send
+  // replies (BOSUN_METHOD_DEFERRED).
   SubmitResult submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
-                      const std::string& from_node);
+                      const std::string& from_node, bool from_module = false);
+  void submit_reply(Message m, size_t index, const std::string& where, SubmitResult& result);
   void route(Message m);
   void deliver_local(Message m, bool tracked = false);
   void dispatch_request(Message m, bool tracked);

@@ -51,7 +51,7 @@ extern "C" {
  * module built for another major. Appending a function to bosun_host_api or
  * a field to the end of a struct bumps the minor only. */
 #define BOSUN_ABI_MAJOR 1
-#define BOSUN_ABI_MINOR 1
+#define BOSUN_ABI_MINOR 2
 #define BOSUN_ABI_VERSION (((uint32_t)BOSUN_ABI_MAJOR << 16) | (uint32_t)BOSUN_ABI_MINOR)
 #define BOSUN_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
 #define BOSUN_ABI_MINOR_OF(v) ((uint32_t)(v)&0xFFFFu)
@@ -156,6 +156,16 @@ typedef bosun_status (*bosun_on_call)(void* instance, bosun_call* call,
 
 #define BOSUN_METHOD_SERIAL 0x1u /* never run two calls of this method at once */
 #define BOSUN_METHOD_REPLY 0x2u  /* a reply method: runs on the node receiving a reply */
+/* ABI 1.2: the method answers later. A call that returns BOSUN_OK sends no
+ * reply of its own (so it must not call reply()); the module answers the
+ * request afterwards by sending reply messages with send() ("isReply": true,
+ * "inReplyTo": the call's id). A call that fails still gets its error reply.
+ * Used by relay, whose answer is the relayed message's reply. */
+#define BOSUN_METHOD_DEFERRED 0x4u
+/* ABI 1.2: a reply method that also runs for a stream's empty end marker
+ * (the final reply of a stream whose data all came in earlier chunks), which
+ * other reply methods never see. */
+#define BOSUN_METHOD_END_MARKERS 0x8u
 
 typedef struct bosun_method {
   uint32_t struct_size; /* sizeof(bosun_method) */
@@ -224,7 +234,12 @@ struct bosun_host_api {
   int32_t (*cancelled)(bosun_call* call);
 
   /* Originate messages: a JSON array (or one object) of messages with
-   * Steward's field names (copied). fromNode is set to this node. */
+   * Steward's field names (copied). fromNode is set to this node.
+   * Since ABI 1.2 a message may also be a reply, for a module answering a
+   * request itself (BOSUN_METHOD_DEFERRED): "isReply": true, "inReplyTo"
+   * (the request's id), one "toNode" (the requester) and "method" (the
+   * reply method to run there), with "seq" and "final" for a stream and
+   * "status" / "error" as in the replies the host sends. */
   bosun_status (*send)(bosun_host* host, const char* messages_json, size_t len);
 
   /* Publish an event named `event` with a JSON object payload (copied). */
