@@ -175,16 +175,19 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
   // A deferred method answers later, through send(): no reply of its own
   // unless it failed.
   if (send && status == BOSUN_OK && (call->entry.flags & BOSUN_METHOD_DEFERRED)) send = false;
+  bool marked = false;
   if (send) {
     if (!error.empty()) {
       spdlog::warn("call {} ({} from {}) failed: {}", call->msg.id, call->msg.method,
                    call->msg.from_node, error);
     }
-    send_reply(call->msg, data.value_or(""), true, seq, error);
+    // Recorded done in the same write that puts the reply in the outbox.
+    marked = send_reply(call->msg, data.value_or(""), true, seq, error,
+                        call->tracked ? call->msg.id : std::string());
   }
   // After the reply is in the outbox: a crash in between leaves "running",
   // which answers "interrupted" at the next start instead of losing the reply.
-  if (call->tracked) {
+  if (call->tracked && !marked) {
     try {
       mark_done(call->msg.id);
     } catch (const std::exception& e) {
@@ -242,15 +245,15 @@ bool Node::Impl::cancel_call(const std::string& id) {
   return true;
 }
 
-void Node::Impl::send_reply(const Message& req, std::string data, bool final, uint32_t seq,
-                            const std::string& error) {
+bool Node::Impl::send_reply(const Message& req, std::string data, bool final, uint32_t seq,
+                            const std::string& error, const std::string& done_id) {
   // A reply method's own output goes nowhere: replies never get replies.
   if (req.is_reply) {
     if (!error.empty()) {
       spdlog::error("reply method {} for {} (reply to {}) failed: {}", req.method, req.from_node,
                     req.in_reply_to, error);
     }
-    return;
+    return false;
   }
   Message r;
   r.id = new_message_id();
@@ -272,7 +275,7 @@ void Node::Impl::send_reply(const Message& req, std::string data, bool final, ui
   r.seq = seq;
   r.status = error.empty() ? "ok" : "error";
   r.error = error;
-  route(std::move(r));
+  return route(std::move(r), done_id);
 }
 
 nlohmann::json Node::running_calls() const {

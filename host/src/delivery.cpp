@@ -24,6 +24,7 @@ namespace bosun::host {
 
 namespace {
 
+constexpr std::string_view kStateReceived = "received";
 constexpr std::string_view kStateRunning = "running";
 constexpr std::string_view kStateDone = "done";
 // Inbox entries of finished messages are kept this long to recognise resent
@@ -127,12 +128,25 @@ int Node::Impl::retries_of(const Message& m) const {
   return m.is_reply ? d.reply_retries : d.retries;
 }
 
-void Node::Impl::send_remote(Message m) {
+bool Node::Impl::send_remote(Message m, const std::string& done_id) {
   std::string bytes = to_json(m).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   // Durable before it counts as accepted: a crash from here on resends it.
-  store->outbox_put(m.id, bytes);
+  if (done_id.empty()) {
+    store->outbox_put(m.id, bytes);
+  } else {
+    store->write([&](WriteTxn& t) {
+      t.put(Db::outbox, m.id, bytes);
+      try {
+        Store::inbox_set_state_in(t, done_id, kStateDone);
+      } catch (const StoreError& e) {
+        // Not worth losing the reply over.
+        spdlog::error("message {}: cannot record it as done: {}", done_id, e.what());
+      }
+    });
+  }
   counters.sent++;
   publish_attempt(std::move(m), std::move(bytes));
+  return !done_id.empty();
 }
 
 void Node::Impl::publish_attempt(Message m, std::string bytes) {
@@ -355,7 +369,14 @@ void Node::Impl::record_received(std::vector<Received> batch) {
   store->write_async(
       [items, fresh](WriteTxn& t) {
         for (size_t i = 0; i < items->size(); ++i) {
-          (*fresh)[i] = Store::inbox_record_in(t, (*items)[i].msg.id, (*items)[i].bytes) ? 1 : 0;
+          const Message& m = (*items)[i].msg;
+          // A reply with no reply method to run is finished once it is here:
+          // what remains (telling an in-memory waiter) cannot outlive a restart.
+          bool finished = m.is_reply && m.method == "none";
+          (*fresh)[i] = Store::inbox_record_in(t, m.id, (*items)[i].bytes,
+                                               finished ? kStateDone : kStateReceived)
+                            ? 1
+                            : 0;
         }
       },
       [this, items, fresh](std::exception_ptr err) {
@@ -408,8 +429,9 @@ void Node::Impl::record_received(std::vector<Received> batch) {
           }
           Message& m = (*items)[i].msg;
           if (m.is_reply && m.method == "none") {
-            // Nothing to run, only a waiter to tell: not worth a hand-off.
-            deliver_local(std::move(m), true);
+            // Nothing to run, only a waiter to tell: not worth a hand-off,
+            // and already recorded done.
+            deliver_local(std::move(m), false);
             continue;
           }
           asio::post(*pool,

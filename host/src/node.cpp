@@ -355,18 +355,18 @@ void Node::Impl::submit_reply(Message m, size_t index, const std::string& where,
   result.accepted.push_back({index, id, to, method});
 }
 
-void Node::Impl::route(Message m) {
+bool Node::Impl::route(Message m, const std::string& done_id) {
   if (m.to_node == config.node.name) {
     deliver_local(std::move(m));
-    return;
+    return false;
   }
   if (!bus()) {
     spdlog::error("message {} ({}) for node {} dropped: no broker configured", m.id, m.method,
                   m.to_node);
-    return;
+    return false;
   }
   try {
-    send_remote(std::move(m));
+    return send_remote(std::move(m), done_id);
   } catch (const std::exception& e) {
     spdlog::error("message {} ({}) for node {} not accepted: {}", m.id, m.method, m.to_node,
                   e.what());
@@ -410,9 +410,9 @@ void Node::Impl::handle_reply(Message m, bool tracked) {
   {
     std::lock_guard<std::mutex> lock(streams_mu);
     auto found = streams.find(m.in_reply_to);
-    if (found == streams.end() && m.seq == 0 && m.final_reply && tracked) {
-      // A whole reply in one message, already on a worker thread: nothing
-      // to order it against, so no strand.
+    if (found == streams.end() && m.seq == 0 && m.final_reply && (tracked || m.method == "none")) {
+      // A whole reply in one message, on a worker thread or with no reply
+      // method to run: nothing to order it against, so no strand.
       ready.emplace_back(std::move(m), tracked);
     } else {
       Stream& s = found != streams.end() ? found->second : streams[m.in_reply_to];

@@ -234,7 +234,10 @@ struct Node::Impl {
   SubmitResult submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
                       const std::string& from_node, bool from_module = false);
   void submit_reply(Message m, size_t index, const std::string& where, SubmitResult& result);
-  void route(Message m);
+  // `done_id`: an inbox message to record "done" in the same write that puts
+  // `m` in the outbox; returns whether that happened (only when `m` leaves
+  // for another node).
+  bool route(Message m, const std::string& done_id = {});
   void deliver_local(Message m, bool tracked = false);
   void dispatch_request(Message m, bool tracked);
   void handle_reply(Message m, bool tracked);
@@ -251,8 +254,8 @@ struct Node::Impl {
   void run_call(const std::shared_ptr<bosun_call>& call);
   void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
   void expire_call(const std::shared_ptr<bosun_call>& call);
-  void send_reply(const Message& request, std::string data, bool final, uint32_t seq,
-                  const std::string& error);
+  bool send_reply(const Message& request, std::string data, bool final, uint32_t seq,
+                  const std::string& error, const std::string& done_id = {});
   bool cancel_call(const std::string& id);
   void register_builtins(MethodTable& table);
 
@@ -261,7 +264,7 @@ struct Node::Impl {
   void resume_delivery();
   double ack_timeout_s(const Message& m) const;
   int retries_of(const Message& m) const;
-  void send_remote(Message m);
+  bool send_remote(Message m, const std::string& done_id = {});
   void publish_attempt(Message m, std::string bytes);
   void on_ack_timeout(const std::shared_ptr<Outgoing>& out);
   void give_up(const Message& m, const std::string& why);

@@ -555,10 +555,12 @@ WriteFn inbox_record_fn(std::string_view id, std::string_view bytes,
 
 }  // namespace
 
-bool Store::inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes) {
+bool Store::inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes,
+                            std::string_view state) {
   check_id("inbox_record", id);
+  check_inbox_state(state);
   if (t.get(Db::inbox, id)) return false;
-  t.put(Db::inbox, id, encode_inbox(kInboxReceived, now_ms(), bytes));
+  t.put(Db::inbox, id, encode_inbox(state, now_ms(), bytes));
   return true;
 }
 
@@ -584,6 +586,12 @@ static WriteFn inbox_state_fn(std::string_view id, std::string_view state) {
     if (!existing) throw StoreError("inbox_set_state: no message '" + k + "' in the inbox");
     t.put(Db::inbox, k, encode_inbox(s, now_ms(), decode_inbox(*existing, k).bytes));
   };
+}
+
+void Store::inbox_set_state_in(WriteTxn& t, std::string_view id, std::string_view state) {
+  check_id("inbox_set_state", id);
+  check_inbox_state(state);
+  inbox_state_fn(id, state)(t);
 }
 
 void Store::inbox_set_state(std::string_view id, std::string_view state) {

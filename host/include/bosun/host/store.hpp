@@ -125,8 +125,11 @@ class Store {
   void inbox_record_async(std::string_view id, std::string_view bytes,
                           std::function<void(std::exception_ptr, InboxResult)> done);
   // The same inside a write of one's own (several messages in one
-  // transaction): true when the id is new and was recorded "received".
-  static bool inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes);
+  // transaction): true when the id is new and was recorded (in `state`).
+  static bool inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes,
+                              std::string_view state = "received");
+  // The same inside a write of one's own.
+  static void inbox_set_state_in(WriteTxn& t, std::string_view id, std::string_view state);
   void inbox_set_state(std::string_view id, std::string_view state);
   void inbox_set_state_async(std::string_view id, std::string_view state, DoneFn done);
   std::optional<InboxEntry> inbox_get(std::string_view id) const;
