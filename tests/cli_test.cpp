@@ -2,6 +2,8 @@
 // config init/check, `bosun run` as a child process, and send / plugins
 // against it through its socket.
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <signal.h>
 
 #include <string>
@@ -39,6 +41,8 @@ TEST(Cli, EveryHelpExitsZeroAndShowsAnExample) {
                                                        {"run", "--help"},
                                                        {"send", "--help"},
                                                        {"plugins", "--help"},
+                                                       {"update-plugin", "--help"},
+                                                       {"sign-plugin", "--help"},
                                                        {"watch", "--help"},
                                                        {"config", "--help"},
                                                        {"config", "init", "--help"},
@@ -241,6 +245,203 @@ TEST(Cli, SecondNodeOnTheSameSocketIsRefused) {
   EXPECT_NE(second.code, 0) << second.out;
   EXPECT_NE(second.out.find("already serving"), std::string::npos) << second.out;
   EXPECT_TRUE(first.process().running());
+}
+
+// ------------------------------------------- publisher signatures ---
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+std::string base64_decode(const std::string& text) {
+  std::string out(text.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0 || text.size() % 4 != 0) return "";
+  size_t pad = 0;
+  for (size_t i = text.size(); i > 0 && text[i - 1] == '='; --i) ++pad;
+  out.resize(static_cast<size_t>(n) - pad);
+  return out;
+}
+
+// OpenSSL's own verdict on a base64 signature of `bytes` by a base64 raw key.
+bool ed25519_verifies(const std::string& bytes, const std::string& signature_b64,
+                      const std::string& public_key_b64) {
+  std::string key = base64_decode(public_key_b64);
+  std::string sig = base64_decode(signature_b64);
+  EVP_PKEY* pkey = EVP_PKEY_new_raw_public_key(
+      EVP_PKEY_ED25519, nullptr, reinterpret_cast<const unsigned char*>(key.data()), key.size());
+  if (pkey == nullptr) return false;
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  bool ok =
+      EVP_DigestVerifyInit(ctx, nullptr, nullptr, nullptr, pkey) == 1 &&
+      EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                       reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) == 1;
+  EVP_MD_CTX_free(ctx);
+  EVP_PKEY_free(pkey);
+  return ok;
+}
+
+// A private key of `type` written as PKCS#8 PEM, as `openssl genpkey` does.
+void write_openssl_key(const fs::path& file, EVP_PKEY* key) {
+  ASSERT_NE(key, nullptr);
+  FILE* f = std::fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr) << file;
+  EXPECT_EQ(PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr), 1);
+  std::fclose(f);
+  EVP_PKEY_free(key);
+}
+
+const std::string kHello110 = BOSUN_HELLO_1_1_0;
+
+TEST(CliSign, NewKeyThenSignVerifiesWithOpenSsl) {
+  TempDir dir;
+  fs::path key = dir / "publisher.pem";
+  Outcome made = bosun_stdout({"sign-plugin", "--new-key", key.string()});
+  ASSERT_EQ(made.code, 0) << made.out;
+  std::string public_key = trim(made.out);
+  EXPECT_EQ(base64_decode(public_key).size(), 32u) << made.out;
+  ASSERT_TRUE(fs::exists(key));
+  EXPECT_EQ(fs::status(key).permissions() & fs::perms::all, fs::perms(0600));
+  EXPECT_NE(read_file(key).find("-----BEGIN PRIVATE KEY-----"), std::string::npos);
+
+  // A second --new-key on the same file keeps the key there.
+  std::string before = read_file(key);
+  Outcome again = bosun({"sign-plugin", "--new-key", key.string()});
+  EXPECT_NE(again.code, 0) << again.out;
+  EXPECT_NE(again.out.find(key.string() + " exists"), std::string::npos) << again.out;
+  EXPECT_EQ(read_file(key), before);
+
+  std::string module = read_file(kHello110);
+  ASSERT_FALSE(module.empty());
+  Outcome signed_ = bosun_stdout({"sign-plugin", "--key", key.string(), "--file", kHello110});
+  ASSERT_EQ(signed_.code, 0) << signed_.out;
+  std::string signature = trim(signed_.out);
+  EXPECT_EQ(base64_decode(signature).size(), 64u) << signed_.out;
+  EXPECT_TRUE(ed25519_verifies(module, signature, public_key));
+  EXPECT_FALSE(ed25519_verifies(module + "x", signature, public_key));
+
+  Outcome js = bosun_stdout({"sign-plugin", "--key", key.string(), "--file", kHello110, "--json"});
+  ASSERT_EQ(js.code, 0) << js.out;
+  json doc = json::parse(js.out, nullptr, false);
+  ASSERT_TRUE(doc.is_object()) << js.out;
+  EXPECT_EQ(doc.value("file", ""), kHello110);
+  EXPECT_EQ(doc.value("signature", ""), signature);  // Ed25519 is deterministic
+  EXPECT_EQ(doc.value("publicKey", ""), public_key);
+  EXPECT_EQ(doc.value("sha256", "").size(), 64u);
+
+  // A key OpenSSL wrote (genpkey's PKCS#8 PEM) signs as well.
+  fs::path theirs = dir / "openssl.pem";
+  write_openssl_key(theirs, EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  Outcome other =
+      bosun_stdout({"sign-plugin", "--key", theirs.string(), "--file", kHello110, "--json"});
+  ASSERT_EQ(other.code, 0) << other.out;
+  json o = json::parse(other.out, nullptr, false);
+  ASSERT_TRUE(o.is_object()) << other.out;
+  EXPECT_TRUE(ed25519_verifies(module, o.value("signature", ""), o.value("publicKey", "")));
+  EXPECT_FALSE(ed25519_verifies(module, o.value("signature", ""), public_key));
+}
+
+TEST(CliSign, BadKeysAndFilesAreNamedInTheError) {
+  TempDir dir;
+  fs::path rsa = dir / "rsa.pem";
+  write_openssl_key(rsa, EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{1024}));
+  Outcome r = bosun({"sign-plugin", "--key", rsa.string(), "--file", kHello110});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find(rsa.string() + " holds RSA private key, not an Ed25519 one"),
+            std::string::npos)
+      << r.out;
+
+  fs::path garbage = dir / "garbage.pem";
+  write_file(garbage, "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n");
+  r = bosun({"sign-plugin", "--key", garbage.string(), "--file", kHello110});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find(garbage.string() + " is not an unencrypted PEM private key"),
+            std::string::npos)
+      << r.out;
+
+  fs::path missing = dir / "nope.pem";
+  r = bosun({"sign-plugin", "--key", missing.string(), "--file", kHello110});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("cannot read " + missing.string() + ": No such file or directory"),
+            std::string::npos)
+      << r.out;
+
+  fs::path key = dir / "k.pem";
+  ASSERT_EQ(bosun({"sign-plugin", "--new-key", key.string()}).code, 0);
+  fs::path no_module = dir / "nope.so";
+  r = bosun({"sign-plugin", "--key", key.string(), "--file", no_module.string()});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("cannot read " + no_module.string()), std::string::npos) << r.out;
+
+  r = bosun({"sign-plugin", "--key", key.string()});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--file"), std::string::npos) << r.out;
+
+  NodeSetup setup;
+  fs::path config = setup.write_config();
+  r = bosun({"update-plugin", "--config", config.string(), "--to", "n1", "--file", kHello110,
+             "--signature", "AAAA", "--sign-key", key.string()});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("give --signature or --sign-key, not both"), std::string::npos) << r.out;
+
+  r = bosun({"update-plugin", "--config", config.string(), "--to", "n1", "--file", kHello110,
+             "--sign-key", rsa.string()});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find(rsa.string() + " holds RSA private key"), std::string::npos) << r.out;
+}
+
+TEST(CliSign, ANodeRequiringSignaturesTakesOnlyTheSignedModule) {
+  TempDir keys;
+  fs::path publisher = keys / "publisher.pem";
+  fs::path stranger = keys / "stranger.pem";
+  Outcome made = bosun_stdout({"sign-plugin", "--new-key", publisher.string()});
+  ASSERT_EQ(made.code, 0) << made.out;
+  ASSERT_EQ(bosun({"sign-plugin", "--new-key", stranger.string()}).code, 0);
+
+  NodeSetup setup;
+  setup.add_plugin("node");
+  setup.add_module(BOSUN_HELLO_1_0_0, "hello.so");
+  setup.doc()["plugins"]["requireSignature"] = true;
+  setup.doc()["plugins"]["publisherKeys"] = {trim(made.out)};
+  BosunRun run(setup);
+  std::string config = run.config_file().string();
+  auto update = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {BOSUN_BIN, "update-plugin", "--config", config,  "--to",
+                                     "n1",      "--file",        kHello110,  "--wait"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Outcome r{};
+    r.code = run_command(argv, &r.out, true, "", 120s);
+    return r;
+  };
+  auto greeting = [&] {
+    return bosun({"send", "--config", config, "--to", "n1", "--method", "greet", "--wait"}).out;
+  };
+
+  Outcome unsigned_ = update({});
+  EXPECT_EQ(unsigned_.code, 1) << unsigned_.out;
+  EXPECT_NE(unsigned_.out.find("a publisher signature is required (requireSignature is true) "
+                               "but methodArgs[3] is missing"),
+            std::string::npos)
+      << unsigned_.out;
+  EXPECT_NE(unsigned_.out.find("failed"), std::string::npos) << unsigned_.out;
+
+  Outcome sig = bosun_stdout({"sign-plugin", "--key", stranger.string(), "--file", kHello110});
+  ASSERT_EQ(sig.code, 0) << sig.out;
+  Outcome strangers = update({"--signature", trim(sig.out)});
+  EXPECT_EQ(strangers.code, 1) << strangers.out;
+  EXPECT_NE(strangers.out.find("does not verify against any of the 1 trusted publisher key(s)"),
+            std::string::npos)
+      << strangers.out;
+  EXPECT_NE(greeting().find("(hello 1.0.0)"), std::string::npos) << run.log();
+
+  Outcome ok = update({"--sign-key", publisher.string()});
+  EXPECT_EQ(ok.code, 0) << ok.out << "\nnode log:\n" << run.log();
+  EXPECT_NE(ok.out.find("updated"), std::string::npos) << ok.out;
+  std::string now = greeting();
+  EXPECT_NE(now.find("(hello 1.1.0)"), std::string::npos) << now;
 }
 
 }  // namespace

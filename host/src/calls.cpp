@@ -605,7 +605,10 @@ bosun_status api_node_info(bosun_host* host, bosun_on_value on_value, void* user
                                     {"dataDir", m->node->data_dir_text},
                                     {"version", BOSUN_VERSION},
                                     {"pid", static_cast<int64_t>(::getpid())},
-                                    {"standalone", c.broker.standalone()}}
+                                    {"standalone", c.broker.standalone()},
+                                    // The node module enforces these on update_plugin.
+                                    {"requireSignature", c.plugins.require_signature},
+                                    {"publisherKeys", c.plugins.publisher_keys}}
                          .dump();
   on_value(user_data, text.data(), text.size());
   return BOSUN_OK;

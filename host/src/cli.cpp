@@ -1,6 +1,5 @@
 #include "bosun/host/cli.hpp"
 
-#include <openssl/evp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -16,6 +15,7 @@
 #include "bosun/host/config.hpp"
 #include "bosun/host/module.hpp"
 #include "bosun/host/node.hpp"
+#include "signing.hpp"
 
 namespace bosun::host {
 
@@ -278,41 +278,65 @@ int cmd_nodes(const std::string& config_file, bool as_json) {
   return 0;
 }
 
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
+// `bosun sign-plugin`: a new key pair, or the signature of a module file.
+int cmd_sign_plugin(const std::string& new_key, const std::string& key_file,
+                    const std::string& module_file, bool as_json) {
+  try {
+    if (!new_key.empty()) {
+      Ed25519Key key = Ed25519Key::generate();
+      key.write_private_pem(new_key);
+      std::string public_key = base64_encode(key.public_key_raw());
+      if (as_json) {
+        std::cout << json{{"privateKeyFile", new_key}, {"publicKey", public_key}}.dump()
+                  << std::endl;
+      } else {
+        std::cerr << "wrote the private key to " << new_key
+                  << " (mode 0600); trust its public key with plugins.publisherKeys:\n";
+        std::cout << public_key << std::endl;
+      }
+      return 0;
+    }
+    if (key_file.empty() || module_file.empty()) {
+      std::cerr << "bosun sign-plugin: give --key KEY.pem and --file MODULE.so (or --new-key "
+                   "KEY.pem to make a key)\n";
+      return 2;
+    }
+    Ed25519Key key = Ed25519Key::load(key_file);
+    std::string bytes = read_file_bytes(module_file);
+    std::string signature = base64_encode(key.sign(bytes));
+    if (as_json) {
+      std::cout << json{{"file", module_file},
+                        {"sha256", sha256_hex(bytes)},
+                        {"signature", signature},
+                        {"publicKey", base64_encode(key.public_key_raw())}}
+                       .dump()
+                << std::endl;
+    } else {
+      std::cout << signature << std::endl;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "bosun sign-plugin: " << e.what() << "\n";
+    return 2;
   }
-  return out;
-}
-
-std::string base64(const std::string& bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()),
-                          static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
 }
 
 int cmd_update_plugin(const std::string& config_file, const std::string& to,
-                      const std::string& module_file, bool wait, bool as_json) {
+                      const std::string& module_file, const std::string& signature_arg,
+                      const std::string& sign_key, bool wait, bool as_json) {
+  if (!signature_arg.empty() && !sign_key.empty()) {
+    std::cerr << "bosun update-plugin: give --signature or --sign-key, not both\n";
+    return 2;
+  }
   Config cfg = load_or_exit(config_file);
-  std::string name, version, bytes;
+  std::string name, version, bytes, signature = signature_arg;
   try {
     // Only bosun_plugin_entry runs: the name and version come from the module itself.
     auto file = ModuleFile::open(fs::absolute(module_file));
     name = file->name();
     version = file->version();
-    std::ifstream in(module_file, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    bytes = ss.str();
+    bytes = read_file_bytes(module_file);
+    if (!sign_key.empty()) signature = base64_encode(Ed25519Key::load(sign_key).sign(bytes));
   } catch (const std::exception& e) {
     std::cerr << "bosun update-plugin: " << e.what() << "\n";
     return 2;
@@ -327,9 +351,11 @@ int cmd_update_plugin(const std::string& config_file, const std::string& to,
     std::cerr << "shipping " << name << " " << version << " (" << bytes.size() << " bytes, sha256 "
               << sha.substr(0, 12) << "...) to " << to << "\n";
   }
-  json msg = {
-      {"toNodes", nodes},      {"method", "update_plugin"}, {"methodArgs", {name, version, sha}},
-      {"data", base64(bytes)}, {"methodTimeout", 120},      {"replyMethod", "none"}};
+  json args = {name, version, sha};
+  if (!signature.empty()) args.push_back(signature);
+  json msg = {{"toNodes", nodes},     {"method", "update_plugin"},
+              {"methodArgs", args},   {"data", base64_encode(bytes)},
+              {"methodTimeout", 120}, {"replyMethod", "none"}};
   json request = {
       {"op", "send"}, {"messages", json::array({msg})}, {"wait", wait}, {"timeout", 150}};
   int failures = 0;
@@ -567,7 +593,10 @@ int cli_main(int argc, char** argv) {
   auto* update = app.add_subcommand(
       "update-plugin",
       "Ship a module to nodes and hot-update it there; prints each node's UpdateResult.\n"
-      "Example: bosun update-plugin --config central.json --to ship1,ship2 --file hello.so --wait");
+      "Examples:\n"
+      "  bosun update-plugin --config central.json --to ship1,ship2 --file hello.so --wait\n"
+      "  bosun update-plugin --config central.json --to ship1 --file hello.so --sign-key "
+      "publisher.pem --wait");
   update->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   update->add_option("--to", to, "NODE[,NODE...]")->required();
   update
@@ -577,6 +606,33 @@ int cli_main(int argc, char** argv) {
   update->add_flag("--wait", wait,
                    "wait for every node's UpdateResult; exit non-zero if any failed");
   update->add_flag("--json", as_json, "one UpdateResult JSON object per line");
+  std::string signature, sign_key;
+  update->add_option("--signature", signature,
+                     "the publisher's base64 Ed25519 signature of the file (bosun sign-plugin); "
+                     "sent as methodArgs[3]");
+  update->add_option("--sign-key", sign_key,
+                     "sign the file here with this Ed25519 private key (PEM) instead");
+
+  std::string new_key, key_file;
+  auto* sign = app.add_subcommand(
+      "sign-plugin",
+      "Sign a module file with an Ed25519 private key (PKCS#8 PEM) and print the base64\n"
+      "signature, for nodes with plugins.requireSignature; or make a new key pair and print\n"
+      "the base64 public key to list in plugins.publisherKeys.\n"
+      "Examples:\n  bosun sign-plugin --new-key publisher.pem\n"
+      "  bosun sign-plugin --key publisher.pem --file hello.so\n"
+      "  bosun update-plugin --config central.json --to ship1 --file hello.so --sign-key "
+      "publisher.pem --wait");
+  auto* new_key_opt = sign->add_option(
+      "--new-key", new_key,
+      "write a new private key to this file (mode 0600, never replacing one); print its "
+      "public key");
+  sign->add_option("--key", key_file, "the Ed25519 private key (PEM) to sign with")
+      ->excludes(new_key_opt);
+  sign->add_option("--file", module_file, "the module (.so) to sign")->excludes(new_key_opt);
+  sign->add_flag("--json", as_json,
+                 "one JSON object: {file, sha256, signature, publicKey} (with --new-key: "
+                 "{privateKeyFile, publicKey})");
 
   auto* watch = app.add_subcommand("watch",
                                    "Print the node's events as they happen.\n"
@@ -619,7 +675,10 @@ int cli_main(int argc, char** argv) {
   if (plugins->parsed()) return cmd_plugins(config_file, as_json);
   if (watch->parsed()) return cmd_watch(config_file, events);
   if (nodes->parsed()) return cmd_nodes(config_file, as_json);
-  if (update->parsed()) return cmd_update_plugin(config_file, to, module_file, wait, as_json);
+  if (update->parsed()) {
+    return cmd_update_plugin(config_file, to, module_file, signature, sign_key, wait, as_json);
+  }
+  if (sign->parsed()) return cmd_sign_plugin(new_key, key_file, module_file, as_json);
   if (reload->parsed()) return cmd_reload(config_file, as_json);
   if (init->parsed()) {
     if (fs::exists(init_file) && !force) {

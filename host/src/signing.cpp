@@ -1,0 +1,180 @@
+#include "signing.hpp"
+
+#include <fcntl.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace bosun::host {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+using BioPtr = std::unique_ptr<BIO, BioFree>;
+using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
+
+// OpenSSL's most recent error, and the queue emptied.
+std::string openssl_error() {
+  unsigned long code = ERR_peek_last_error();
+  std::string text = "unknown OpenSSL error";
+  if (code != 0) {
+    char buf[256];
+    ERR_error_string_n(code, buf, sizeof buf);
+    text = buf;
+  }
+  ERR_clear_error();
+  return text;
+}
+
+// An encrypted key is refused rather than prompting on the terminal.
+int no_passphrase(char*, int, int, void*) {
+  return -1;
+}
+
+}  // namespace
+
+void Ed25519Key::Free::operator()(EVP_PKEY* k) const {
+  EVP_PKEY_free(k);
+}
+
+std::string base64_encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+std::string sha256_hex(std::string_view bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string read_file_bytes(const fs::path& file) {
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw SigningError("cannot read " + file.string() + ": " + std::strerror(errno));
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      throw SigningError("cannot read " + file.string() + ": " + std::strerror(err));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+Ed25519Key Ed25519Key::load(const fs::path& pem_file) {
+  std::string text = read_file_bytes(pem_file);
+  BioPtr bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+  if (!bio) throw SigningError("cannot read " + pem_file.string() + ": " + openssl_error());
+  EVP_PKEY* raw = PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr);
+  if (raw == nullptr) {
+    throw SigningError(pem_file.string() +
+                       " is not an unencrypted PEM private key (expected the PKCS#8 PEM that "
+                       "`bosun sign-plugin --new-key` or `openssl genpkey -algorithm ed25519` "
+                       "writes): " +
+                       openssl_error());
+  }
+  Ed25519Key key(raw);
+  if (EVP_PKEY_get_id(raw) != EVP_PKEY_ED25519) {
+    const char* type = EVP_PKEY_get0_type_name(raw);
+    throw SigningError(pem_file.string() + " holds " + (type ? std::string(type) : "a") +
+                       " private key, not an Ed25519 one");
+  }
+  return key;
+}
+
+Ed25519Key Ed25519Key::generate() {
+  EVP_PKEY* raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+  if (raw == nullptr) throw SigningError("cannot generate an Ed25519 key: " + openssl_error());
+  return Ed25519Key(raw);
+}
+
+void Ed25519Key::write_private_pem(const fs::path& pem_file) const {
+  BioPtr mem(BIO_new(BIO_s_mem()));
+  if (!mem ||
+      PEM_write_bio_PrivateKey(mem.get(), key_.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    throw SigningError("cannot encode the private key: " + openssl_error());
+  }
+  char* data = nullptr;
+  long len = BIO_get_mem_data(mem.get(), &data);
+  int fd = ::open(pem_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int err = errno;
+    if (err == EEXIST) {
+      throw SigningError(pem_file.string() + " exists: not replacing a key (choose another file)");
+    }
+    throw SigningError("cannot create " + pem_file.string() + ": " + std::strerror(err));
+  }
+  bool ok = ::fchmod(fd, 0600) == 0;
+  for (long off = 0; ok && off < len;) {
+    ssize_t n = ::write(fd, data + off, static_cast<size_t>(len - off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) ok = false;
+    if (n > 0) off += n;
+  }
+  int err = errno;
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlink(pem_file.c_str());
+    throw SigningError("cannot write " + pem_file.string() + ": " + std::strerror(err));
+  }
+}
+
+std::string Ed25519Key::sign(std::string_view bytes) const {
+  MdCtxPtr ctx(EVP_MD_CTX_new());
+  std::string sig(64, '\0');
+  size_t len = sig.size();
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1 ||
+      EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(sig.data()), &len,
+                     reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) != 1) {
+    throw SigningError("cannot sign: " + openssl_error());
+  }
+  sig.resize(len);
+  return sig;
+}
+
+std::string Ed25519Key::public_key_raw() const {
+  std::string raw(32, '\0');
+  size_t len = raw.size();
+  if (EVP_PKEY_get_raw_public_key(key_.get(), reinterpret_cast<unsigned char*>(raw.data()), &len) !=
+      1) {
+    throw SigningError("cannot read the public key: " + openssl_error());
+  }
+  raw.resize(len);
+  return raw;
+}
+
+}  // namespace bosun::host

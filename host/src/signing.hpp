@@ -1,0 +1,49 @@
+// Publisher signatures for update_plugin (issue 5): the operator's side.
+// An Ed25519 private key in a PKCS#8 PEM file (as `openssl genpkey
+// -algorithm ed25519` writes it) signs a module file's bytes; the node module
+// verifies the signature against plugins.publisherKeys (base64 raw 32-byte
+// public keys). Every error is a SigningError whose text names the file.
+#pragma once
+
+#include <openssl/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace bosun::host {
+
+struct SigningError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string base64_encode(std::string_view bytes);
+std::string sha256_hex(std::string_view bytes);
+
+// The whole file; throws SigningError "cannot read <file>: <reason>".
+std::string read_file_bytes(const std::filesystem::path& file);
+
+class Ed25519Key {
+ public:
+  // Reads a PEM private key; refuses anything that is not Ed25519.
+  static Ed25519Key load(const std::filesystem::path& pem_file);
+  static Ed25519Key generate();
+
+  // Writes the private key as PKCS#8 PEM to a new file with mode 0600;
+  // refuses to replace an existing file.
+  void write_private_pem(const std::filesystem::path& pem_file) const;
+
+  std::string sign(std::string_view bytes) const;  // the raw 64-byte signature
+  std::string public_key_raw() const;              // the raw 32-byte public key
+
+ private:
+  struct Free {
+    void operator()(EVP_PKEY* k) const;
+  };
+  explicit Ed25519Key(EVP_PKEY* key) : key_(key) {}
+  std::unique_ptr<EVP_PKEY, Free> key_;
+};
+
+}  // namespace bosun::host
