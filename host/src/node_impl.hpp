@@ -148,6 +148,7 @@ struct Node::Impl {
 
   Config config;
   std::string data_dir_text;
+  int workers = 0;  // threads of `pool`
   // The pool outlives the io_context: handlers still queued on io when it is
   // destroyed may hold strands of the pool.
   std::unique_ptr<asio::thread_pool> pool;
