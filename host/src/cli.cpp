@@ -1,6 +1,5 @@
 #include "bosun/host/cli.hpp"
 
-#include <malloc.h>
 #include <openssl/evp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -67,13 +66,6 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
 }
 
 int cmd_run(const std::string& config_file, const std::string& log_level) {
-  // Messages of hundreds of KiB (a file copy's chunks, a module upload) pass
-  // through several buffers each. glibc raises its mmap threshold to the
-  // largest block freed so far and then serves such blocks from the heap,
-  // where their staggered lifetimes fragment it: a 256 MiB copy grew the
-  // sending node to 100 MiB resident. A fixed threshold keeps big blocks
-  // mmap'd, so they go back to the system when freed.
-  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   Config cfg = load_or_exit(config_file);
   setup_logging(log_level.empty() ? cfg.log.level : log_level, cfg.node.name);
   try {

@@ -155,7 +155,16 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     outgoing[id] = out;
   }
   if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + id);
-  asio::post(io, [this, out] { arm_ack_timer(out); });
+  asio::post(io, [this, out] {
+    {
+      // The ACK can beat this: a timer armed now would hold the message
+      // (and its body) for a whole ACKTimeout after it was delivered.
+      std::lock_guard<std::mutex> lock(outgoing_mu);
+      auto it = outgoing.find(out->msg.id);
+      if (it == outgoing.end() || it->second != out) return;
+    }
+    arm_ack_timer(out);
+  });
 }
 
 void Node::Impl::arm_ack_timer(const std::shared_ptr<Outgoing>& out) {
