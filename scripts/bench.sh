@@ -10,7 +10,7 @@ if [[ $# -ne 1 ]]; then
   exit 2
 fi
 bin="$1/bin"
-benches=(abi_bench raw_nats_bench messaging_bench swap_bench)
+benches=(abi_bench raw_nats_bench messaging_bench swap_bench fanout_bench filecopy_bench)
 results=()
 failed=()
 
@@ -52,6 +52,8 @@ goals = {
     "messaging": [("rps_ratio", ">=", 0.5, "bosun requests/s over raw nats.c"),
                   ("p50_ratio", "<=", 3, "bosun p50 latency over raw nats.c")],
     "swap": [("swap_p50_ms", "<", 10, "swap p50, verified file to new version serving, probe excluded")],
+    "filecopy": [("sender_hwm_kib", "<", 65536, "sender peak RSS (KiB) copying 256 MiB"),
+                 ("receiver_hwm_kib", "<", 65536, "receiver peak RSS (KiB) copying 256 MiB")],
 }
 for line in sys.stdin:
     r = json.loads(line)

@@ -150,6 +150,7 @@ TEST(Store, InboxStatePendingAndPrune) {
   EXPECT_EQ(a->bytes, "body of a");
   EXPECT_FALSE(s.inbox_record("b", "again").fresh);
   EXPECT_EQ(s.inbox_record("b", "again").state, "done");
+  EXPECT_EQ(s.inbox_get("b")->bytes, "") << "a finished message keeps only its id and state";
 
   EXPECT_EQ(error_of([&] { s.inbox_set_state("nope", "done"); }),
             "inbox_set_state: no message 'nope' in the inbox");

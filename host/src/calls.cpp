@@ -600,16 +600,17 @@ bosun_status api_node_info(bosun_host* host, bosun_on_value on_value, void* user
   auto* m = mod(host);
   if (m == nullptr || on_value == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
   const Config& c = m->node->config;
-  std::string text = nlohmann::json{{"name", c.node.name},
-                                    {"central", c.node.central},
-                                    {"dataDir", m->node->data_dir_text},
-                                    {"version", BOSUN_VERSION},
-                                    {"pid", static_cast<int64_t>(::getpid())},
-                                    {"standalone", c.broker.standalone()},
-                                    // The node module enforces these on update_plugin.
-                                    {"requireSignature", c.plugins.require_signature},
-                                    {"publisherKeys", c.plugins.publisher_keys}}
-                         .dump();
+  nlohmann::json info = {{"name", c.node.name},
+                         {"central", c.node.central},
+                         {"dataDir", m->node->data_dir_text},
+                         {"version", BOSUN_VERSION},
+                         {"pid", static_cast<int64_t>(::getpid())},
+                         {"standalone", c.broker.standalone()},
+                         {"workers", m->node->workers},
+                         // The node module enforces these on update_plugin.
+                         {"requireSignature", c.plugins.require_signature},
+                         {"publisherKeys", c.plugins.publisher_keys}};
+  std::string text = info.dump();
   on_value(user_data, text.data(), text.size());
   return BOSUN_OK;
 }

@@ -6,8 +6,10 @@
 
 #include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
+#include <chrono>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -78,6 +80,95 @@ int cmd_run(const std::string& config_file, const std::string& log_level) {
   return 0;
 }
 
+// Progress replies ({"progress": {"done", "total", "unit", "what"}}, streamed
+// by long calls such as a file copy) drawn as one line that rewrites itself
+// on a terminal. Everything else, and every reply when stdout is no
+// terminal, is printed as it is.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) : enabled_(enabled) {}
+
+  // Draws `line` if it is a progress reply; false when it is not one.
+  bool update(const json& line) {
+    if (!enabled_ || line.value("final", true)) return false;
+    json data = json::parse(line.value("data", ""), nullptr, false);
+    if (!data.is_object() || !data.contains("progress") || !data["progress"].is_object()) {
+      return false;
+    }
+    const json& p = data["progress"];
+    if (!p.contains("done") || !p["done"].is_number()) return false;
+    auto now = std::chrono::steady_clock::now();
+    std::string key = line.value("inReplyTo", "");
+    Entry& e = entries_[key];
+    double done = p["done"].get<double>();
+    if (e.text.empty()) {
+      e.first_at = now;
+      e.first_done = done;
+    }
+    e.text = render(line.value("fromNode", "?"), p, done, e, now);
+    draw();
+    return true;
+  }
+
+  // Before anything else is printed: the progress line makes room.
+  void clear() {
+    if (!drawn_) return;
+    std::cout << "\r\033[K";
+    drawn_ = false;
+  }
+
+  // The call ended: its progress goes (the final reply says the rest).
+  void end(const json& line) { entries_.erase(line.value("inReplyTo", "")); }
+
+ private:
+  struct Entry {
+    std::chrono::steady_clock::time_point first_at;
+    double first_done = 0;
+    std::string text;
+  };
+
+  static std::string amount(double v, const std::string& unit) {
+    char buf[64];
+    if (unit == "bytes") {
+      std::snprintf(buf, sizeof buf, "%.1f MiB", v / (1 << 20));
+    } else {
+      std::snprintf(buf, sizeof buf, "%.0f %s", v, unit.c_str());
+    }
+    return buf;
+  }
+
+  static std::string render(const std::string& node, const json& p, double done, const Entry& e,
+                            std::chrono::steady_clock::time_point now) {
+    std::string unit = p.value("unit", "");
+    std::string text = "[" + node + "] ";
+    if (p.contains("what") && p["what"].is_string()) text += p["what"].get<std::string>() + "  ";
+    double total = p.contains("total") && p["total"].is_number() ? p["total"].get<double>() : 0;
+    char buf[64];
+    if (total > 0) {
+      std::snprintf(buf, sizeof buf, "%3.0f%%  ", 100 * done / total);
+      text += buf + amount(done, unit) + " of " + amount(total, unit);
+    } else {
+      text += amount(done, unit);
+    }
+    double secs = std::chrono::duration<double>(now - e.first_at).count();
+    if (secs > 0.2 && done > e.first_done) {
+      text += "  " + amount((done - e.first_done) / secs, unit) + "/s";
+    }
+    return text;
+  }
+
+  void draw() {
+    std::string text;
+    for (const auto& [id, e] : entries_) text += (text.empty() ? "" : "  |  ") + e.text;
+    std::cout << "\r\033[K" << text << std::flush;
+    drawn_ = true;
+  }
+
+  bool enabled_;
+  bool drawn_ = false;
+  std::map<std::string, Entry> entries_;
+};
+
 int cmd_send(const std::string& config_file, const std::string& file, const std::string& to,
              const std::string& method, const std::vector<std::string>& args, bool wait,
              double timeout, bool as_json) {
@@ -135,6 +226,7 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
   if (timeout > 0) request["timeout"] = timeout + 5;  // let the node's own timeout speak first
   int failures = 0;
   int missing = 0;
+  ProgressLine progress(!as_json && ::isatty(1) != 0);
   try {
     NodeClient client(cfg.socket_path());
     client.request(request, [&](const json& line) {
@@ -142,6 +234,8 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
         std::cout << line.dump() << std::endl;
       }
       std::string type = line.value("type", "");
+      if (type == "reply" && progress.update(line)) return true;
+      progress.clear();
       if (type == "result") {
         for (const auto& e : line["errors"]) {
           ++failures;
@@ -158,6 +252,7 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
         bool failed = line.value("status", "ok") == "error";
         if (failed) ++failures;
         if (as_json) return true;
+        if (line.value("final", true)) progress.end(line);
         std::string node = line.value("fromNode", "?");
         std::string data = line.value("data", "");
         std::string prefix = colour() ? "\033[36m[" + node + "]\033[0m " : "[" + node + "] ";

@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 Node::Impl::Impl(Config cfg) : config(std::move(cfg)) {
   data_dir_text = config.node.data_dir.string();
   running_config = std::make_shared<const Config>(config);
-  int workers = config.host.workers;
+  workers = config.host.workers;
   if (workers <= 0)
     workers = std::max(4, 2 * static_cast<int>(std::thread::hardware_concurrency()));
   pool = std::make_unique<asio::thread_pool>(static_cast<size_t>(workers));

@@ -166,6 +166,7 @@ struct Node::Impl {
   std::shared_ptr<const Config> running_config;
   std::shared_ptr<const Config> current_config() const;
   std::string data_dir_text;
+  int workers = 0;  // threads of `pool`
   // The pool outlives the io_context: handlers still queued on io when it is
   // destroyed may hold strands of the pool.
   std::unique_ptr<asio::thread_pool> pool;

@@ -560,7 +560,8 @@ bool Store::inbox_record_in(WriteTxn& t, std::string_view id, std::string_view b
   check_id("inbox_record", id);
   check_inbox_state(state);
   if (t.get(Db::inbox, id)) return false;
-  t.put(Db::inbox, id, encode_inbox(state, now_ms(), bytes));
+  // Finished on arrival: as in inbox_set_state, only the id and state stay.
+  t.put(Db::inbox, id, encode_inbox(state, now_ms(), state == kInboxDone ? "" : bytes));
   return true;
 }
 
@@ -584,7 +585,11 @@ static WriteFn inbox_state_fn(std::string_view id, std::string_view state) {
   return [k = std::string(id), s = std::string(state)](WriteTxn& t) {
     auto existing = t.get(Db::inbox, k);
     if (!existing) throw StoreError("inbox_set_state: no message '" + k + "' in the inbox");
-    t.put(Db::inbox, k, encode_inbox(s, now_ms(), decode_inbox(*existing, k).bytes));
+    // A finished message is kept only to recognise resent copies: its body
+    // goes, or a stream of large messages (a file copy's chunks) would stay
+    // in the inbox for a day.
+    std::string bytes = s == kInboxDone ? std::string() : decode_inbox(*existing, k).bytes;
+    t.put(Db::inbox, k, encode_inbox(s, now_ms(), bytes));
   };
 }
 

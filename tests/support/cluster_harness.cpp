@@ -47,8 +47,9 @@ void ClusterNode::start(std::chrono::milliseconds timeout) {
   if (running()) throw std::runtime_error("node " + name_ + " is already running");
   write_config();
   { std::ofstream(log_file(), std::ios::app) << "---- bosun run (" << name_ << ") ----\n"; }
+  std::string bin = binary_.empty() ? std::string(BOSUN_BIN) : binary_.string();
   process_ = std::make_unique<Process>(
-      std::vector<std::string>{BOSUN_BIN, "run", "--config", config_file().string()}, log_file());
+      std::vector<std::string>{bin, "run", "--config", config_file().string()}, log_file());
   bool up = wait_until(
       [&] {
         if (!process_->running()) return true;  // reported below
@@ -88,6 +89,10 @@ void ClusterNode::stop() {
 void ClusterNode::restart() {
   stop();
   start();
+}
+
+pid_t ClusterNode::pid() const {
+  return running() ? process_->pid() : -1;
 }
 
 bool ClusterNode::running() const {

@@ -52,6 +52,11 @@ class ClusterNode {
   // socket answers {"op":"status"}. Throws std::runtime_error with the log
   // when it does not come up within `timeout`.
   void start(std::chrono::milliseconds timeout = 30s);
+  // For the next start(): another `bosun` executable (default BOSUN_BIN),
+  // such as a Release build's.
+  void set_binary(std::filesystem::path bin) { binary_ = std::move(bin); }
+  // The running process's id; -1 when it is not running.
+  pid_t pid() const;
   void kill9();    // SIGKILL and reap; data stays
   void stop();     // SIGTERM and wait
   void restart();  // stop if running, start again with the same config and data
@@ -73,6 +78,7 @@ class ClusterNode {
   std::string name_;
   std::filesystem::path root_;
   nlohmann::json config_;
+  std::filesystem::path binary_;
   std::unique_ptr<Process> process_;
 };
 

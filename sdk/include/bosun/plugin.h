@@ -276,7 +276,8 @@ struct bosun_host_api {
   /* ---- ABI 1.1 ---- */
 
   /* The node as a JSON object through `on_value`: {"name", "central",
-   * "dataDir", "version" (of bosun), "pid", "standalone",
+   * "dataDir", "version" (of bosun), "pid", "standalone", "workers" (the
+   * threads that run calls; a handler that blocks holds one),
    * "requireSignature" and "publisherKeys" (the config's plugins.*)}.
    * Fields may be added. */
   bosun_status (*node_info)(bosun_host* host, bosun_on_value on_value, void* user_data);

@@ -83,7 +83,7 @@ class Host {
     return out;
   }
 
-  // The node as JSON ({"name","central","dataDir","version","pid","standalone"});
+  // The node as JSON ({"name","central","dataDir","version","pid","standalone","workers"});
   // "{}" on a host older than ABI 1.1.
   std::string node_info() const {
     if (!BOSUN_HOST_HAS(api_, node_info)) return "{}";

@@ -84,7 +84,7 @@ struct InboxResult {
 struct InboxEntry {
   std::string state;
   int64_t updated_ms = 0;  // epoch ms of the last state change
-  std::string bytes;
+  std::string bytes;       // the message; empty once its state is "done"
 };
 
 using WriteFn = std::function<void(WriteTxn&)>;
