@@ -24,7 +24,7 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 
 constexpr int kNodes = 50;
-constexpr int kRounds = 10;
+constexpr int kRounds = 20;
 
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();

@@ -230,7 +230,12 @@ class FileCopy : public bosun::Plugin {
         if (!a.ok)
           throw Error(std::string(method) + ": node " + std::string(call.arg(0)) + ": " + a.error);
         if (!call.reply(a.data)) return;
-        if (a.final) return;
+        // The source's result is its last reply with data, but not always
+        // its final one: a host sends a reply it held for 30 ms as it is and
+        // may end the stream with an empty marker, which reply methods never
+        // see. So anything but progress is the result.
+        json d = json::parse(a.data, nullptr, false);
+        if (a.final || !d.is_object() || !d.contains("progress")) return;
       }
       if (call.cancelled()) {
         throw Error(std::string(method) + ": cancelled", BOSUN_ERR_CANCELLED);
