@@ -5,9 +5,9 @@
 // processes' resident memory is sampled during the copy. Human-readable
 // lines, then one JSON line.
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include "../host/src/signing.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -48,25 +48,7 @@ void make_file(const fs::path& p, uint64_t size) {
 }
 
 std::string sha256_of_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(kMiB);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  EVP_MD_CTX_free(ctx);
-  std::string hex;
-  char b[3];
-  for (unsigned i = 0; i < len; ++i) {
-    std::snprintf(b, sizeof b, "%02x", md[i]);
-    hex += b;
-  }
-  return hex;
+  return bosun::host::sha256_file_hex(p);
 }
 
 double median(std::vector<double> v) {

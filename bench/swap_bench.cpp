@@ -17,7 +17,6 @@
 //       grow with the count (the second half adds no more than kRssSlackKb).
 // Bounded in count and time. Exits non-zero when a check fails. Human-readable
 // lines first; the last line is one JSON object.
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 #include <bosun/host/config.hpp>
 #include <bosun/host/node.hpp>
@@ -37,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "../host/src/signing.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -156,27 +156,8 @@ void copy_module(const fs::path& from, const fs::path& to) {
   fs::permissions(to, fs::perms(0755), fs::perm_options::replace);
 }
 
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
-  }
-  return out;
-}
-
-std::string base64(const std::string& bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()),
-                          static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
+using bosun::host::base64_encode;
+using bosun::host::sha256_hex;
 
 // A standalone node in `root` serving hello 1.0.0 and the node module.
 struct BenchNode {
@@ -288,7 +269,7 @@ HundredResult bench_hundred_updates() {
     messages[k] = {{"toNode", "n1"},
                    {"method", "update_plugin"},
                    {"methodArgs", {"hello", versions[k], sha256_hex(bytes[k])}},
-                   {"data", base64(bytes[k])},
+                   {"data", base64_encode(bytes[k])},
                    {"methodTimeout", 60}};
   }
   auto t0 = Clock::now();

@@ -6,7 +6,6 @@
 // error naming it.
 #include <gtest/gtest.h>
 
-#include <openssl/evp.h>
 #include <pty.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -19,6 +18,7 @@
 #include <future>
 #include <thread>
 
+#include "../host/src/signing.hpp"
 #include "cluster_harness.hpp"
 #include "node_harness.hpp"
 
@@ -64,49 +64,18 @@ void make_file(const fs::path& p, uint64_t size, uint64_t seed, fs::perms mode) 
   fs::permissions(p, mode, fs::perm_options::replace);
 }
 
+// The digests and encoding are the CLI's own (host/src/signing.hpp).
 std::string sha256_of_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return "(missing " + p.string() + ")";
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(kMiB);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  EVP_MD_CTX_free(ctx);
-  std::string hex;
-  for (unsigned i = 0; i < len; ++i) {
-    char b[3];
-    std::snprintf(b, sizeof b, "%02x", md[i]);
-    hex += b;
-  }
-  return hex;
+  if (!fs::exists(p)) return "(missing " + p.string() + ")";
+  return host::sha256_file_hex(p);
 }
 
 std::string sha256_of(const std::string& bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned len = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned i = 0; i < len; ++i) {
-    char b[3];
-    std::snprintf(b, sizeof b, "%02x", md[i]);
-    hex += b;
-  }
-  return hex;
+  return host::sha256_hex(bytes);
 }
 
 std::string base64(const std::string& bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()),
-                          static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
+  return host::base64_encode(bytes);
 }
 
 unsigned mode_of(const fs::path& p) {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "../host/src/signing.hpp"
 #include "node_harness.hpp"
 
 namespace bosun::host {
@@ -34,28 +35,6 @@ using test::RunningNode;
 const fs::path kHello100 = BOSUN_HELLO_1_0_0;
 const fs::path kHello110 = BOSUN_HELLO_1_1_0;
 
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
-  }
-  return out;
-}
-
-std::string base64(const std::string& bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()),
-                          static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
-
 // An Ed25519 key pair, as a module publisher holds it.
 class Publisher {
  public:
@@ -69,7 +48,7 @@ class Publisher {
     size_t len = raw.size();
     EVP_PKEY_get_raw_public_key(key_, reinterpret_cast<unsigned char*>(raw.data()), &len);
     raw.resize(len);
-    return base64(raw);
+    return base64_encode(raw);
   }
   std::string sign_base64(const std::string& bytes) const {
     EVP_MD_CTX* ctx = EVP_MD_CTX_new();
@@ -80,7 +59,7 @@ class Publisher {
                    reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
     EVP_MD_CTX_free(ctx);
     sig.resize(len);
-    return base64(sig);
+    return base64_encode(sig);
   }
 
  private:
@@ -98,7 +77,7 @@ json update_msg(const std::string& name, const std::string& version, const std::
                 std::string sha = "", json more_args = json::array()) {
   json args = {name, version, sha.empty() ? sha256_hex(bytes) : sha};
   for (const auto& a : more_args) args.push_back(a);
-  return msg("update_plugin", args, {{"data", base64(bytes)}, {"methodTimeout", 60}});
+  return msg("update_plugin", args, {{"data", base64_encode(bytes)}, {"methodTimeout", 60}});
 }
 
 std::string hello_version(const std::string& greeting) {
@@ -455,7 +434,7 @@ TEST_F(UpdateTest, BadArtifactsFailWithTheReasonAndChangeNothing) {
   bad64["data"] = "";
   expect_failed(bad64, "data is empty: expected the module file in base64");
 
-  expect_failed(msg("update_plugin", {"hello", "1.1.0"}, {{"data", base64(hello110_)}}),
+  expect_failed(msg("update_plugin", {"hello", "1.1.0"}, {{"data", base64_encode(hello110_)}}),
                 "expected methodArgs [name, version, sha256hex] or [..., signature], got 2 "
                 "argument(s)");
   expect_failed(update_msg("../hello", "1.1.0", hello110_),

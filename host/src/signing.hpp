@@ -21,6 +21,8 @@ struct SigningError : std::runtime_error {
 
 std::string base64_encode(std::string_view bytes);
 std::string sha256_hex(std::string_view bytes);
+// The same of a file, read in 1 MiB blocks; throws SigningError naming it.
+std::string sha256_file_hex(const std::filesystem::path& file);
 
 // The whole file; throws SigningError "cannot read <file>: <reason>".
 std::string read_file_bytes(const std::filesystem::path& file);
