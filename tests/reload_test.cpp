@@ -41,26 +41,8 @@ const std::string kHelloDisabled =
     "disabled in the config ($.extensions.hello.enabled)";
 
 // Collects the config_reloaded events a node emits.
-class ReloadEvents {
- public:
-  explicit ReloadEvents(Node& node) : node_(node) {
-    id_ = node.add_event_listener([this](const std::string& event, const json& body) {
-      if (event != "config_reloaded") return;
-      std::lock_guard<std::mutex> lock(mu_);
-      payloads_.push_back(body.value("payload", json::object()));
-    });
-  }
-  ~ReloadEvents() { node_.remove_event_listener(id_); }
-  std::vector<json> payloads() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return payloads_;
-  }
-
- private:
-  Node& node_;
-  uint64_t id_ = 0;
-  std::mutex mu_;
-  std::vector<json> payloads_;
+struct ReloadEvents : test::EventPayloads {
+  explicit ReloadEvents(Node& node) : EventPayloads(node, "config_reloaded") {}
 };
 
 class ReloadTest : public ::testing::Test {

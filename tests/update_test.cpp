@@ -220,20 +220,9 @@ class UpdateTest : public ::testing::Test {
 };
 
 // Collects the update_result events a node emits.
-class UpdateEvents {
+class UpdateEvents : public test::EventPayloads {
  public:
-  explicit UpdateEvents(Node& node) : node_(node) {
-    id_ = node.add_event_listener([this](const std::string& event, const json& body) {
-      if (event != "update_result") return;
-      std::lock_guard<std::mutex> lock(mu_);
-      payloads_.push_back(body.value("payload", json::object()));
-    });
-  }
-  ~UpdateEvents() { node_.remove_event_listener(id_); }
-  std::vector<json> payloads() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return payloads_;
-  }
+  explicit UpdateEvents(Node& node) : EventPayloads(node, "update_result") {}
   // Waits for an event whose payload has `status` and `reason`.
   bool wait_for(const std::string& status, const std::string& reason = "") {
     return test::wait_until(
@@ -247,12 +236,6 @@ class UpdateEvents {
         },
         10s);
   }
-
- private:
-  Node& node_;
-  uint64_t id_ = 0;
-  std::mutex mu_;
-  std::vector<json> payloads_;
 };
 
 TEST_F(UpdateTest, UpdatesHelloAndPublishesTheResult) {

@@ -174,4 +174,30 @@ class LogCapture {
   std::shared_ptr<Sink> sink_;
 };
 
+// Collects the payloads of one event a node emits, while it lives.
+class EventPayloads {
+ public:
+  EventPayloads(host::Node& node, std::string event) : node_(node), event_(std::move(event)) {
+    id_ = node.add_event_listener([this](const std::string& e, const nlohmann::json& body) {
+      if (e != event_) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      payloads_.push_back(body.value("payload", nlohmann::json::object()));
+    });
+  }
+  ~EventPayloads() { node_.remove_event_listener(id_); }
+  EventPayloads(const EventPayloads&) = delete;
+  EventPayloads& operator=(const EventPayloads&) = delete;
+  std::vector<nlohmann::json> payloads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return payloads_;
+  }
+
+ private:
+  host::Node& node_;
+  const std::string event_;
+  uint64_t id_ = 0;
+  std::mutex mu_;
+  std::vector<nlohmann::json> payloads_;
+};
+
 }  // namespace bosun::test
