@@ -73,26 +73,47 @@ TEST_F(DeadlinesTest, ACancelledDeadlineNeverRunsAndTheNextStillDoes) {
 }
 
 TEST_F(DeadlinesTest, ManyThreadsAddAndCancelAndOnlyTheKeptOnesRun) {
+  // Each deadline counts its own runs. A cancel can lose the race to a
+  // deadline only a millisecond away (on a loaded machine the io thread may
+  // fire it first); cancel() says which happened, and that answer is what is
+  // checked: a deadline it cancelled never runs, every other one runs once.
   constexpr int kThreads = 4, kEach = 500;
-  std::atomic<int> ran{0}, kept{0};
+  std::vector<std::atomic<int>> runs(kThreads * kEach);
+  std::vector<char> cancelled(kThreads * kEach, 0);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kEach; ++i) {
-        auto key = q_.add_after(std::chrono::milliseconds(1 + (i * 7 + t) % 40), [&] { ++ran; });
-        if (i % 2 == 0) {
-          q_.cancel(key);
-        } else {
-          ++kept;
-        }
+        const int slot = t * kEach + i;
+        auto key = q_.add_after(std::chrono::milliseconds(1 + (i * 7 + t) % 40),
+                                [&runs, slot] { ++runs[slot]; });
+        if (i % 2 == 0) cancelled[slot] = q_.cancel(key) ? 1 : 0;
       }
     });
   }
   for (auto& th : threads) th.join();
-  ASSERT_TRUE(wait_until([&] { return ran.load() == kept.load(); }, 10s))
-      << ran.load() << " of " << kept.load();
+  int expected = 0, won = 0;
+  for (size_t s = 0; s < cancelled.size(); ++s) {
+    if (cancelled[s]) {
+      ++won;
+    } else {
+      ++expected;
+    }
+  }
+  auto total = [&] {
+    int n = 0;
+    for (auto& r : runs) n += r.load();
+    return n;
+  };
+  ASSERT_TRUE(wait_until([&] { return total() >= expected; }, 10s))
+      << total() << " of " << expected;
   std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(ran.load(), kThreads * kEach / 2);
+  for (size_t s = 0; s < runs.size(); ++s) {
+    ASSERT_EQ(runs[s].load(), cancelled[s] ? 0 : 1) << "deadline " << s;
+  }
+  // Most cancels come well before a 1..40 ms deadline; if none won, cancel()
+  // would not be cancelling anything.
+  EXPECT_GT(won, kThreads * kEach / 4);
   EXPECT_EQ(q_.size(), 0u);
 }
 
