@@ -42,6 +42,7 @@ class Node {
                    {"plugins", {{"dir", "plugins"}}},
                    {"extensions", std::move(extensions)},
                    {"defaults", {{"methodTimeout", 300}}},
+                   {"security", {{"autoAccept", {"*"}}, {"allow", {{"*", {"*"}}}}}},
                    {"log", {{"level", "warn"}}}};
     std::ofstream(dir_ / "bosun.json") << config.dump(2);
   }

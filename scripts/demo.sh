@@ -65,6 +65,18 @@ echo "nodes up: ${NODES[*]} (logs in $DEMO/<node>/node.log)"
 
 C=(--config "$DEMO/central/bosun.json")
 
+say "enrolment: the ships' keys wait on central until an operator accepts them"
+for _ in $(seq 100); do
+  pending=$("$BOSUN" keys "${C[@]}" list --json | python3 -c \
+    'import json,sys; print(sum(1 for k in json.load(sys.stdin)["keys"] if k["state"]=="pending"))')
+  [ "$pending" -ge 2 ] && break
+  sleep 0.1
+done
+"$BOSUN" keys "${C[@]}" list
+"$BOSUN" keys "${C[@]}" accept ship1 >/dev/null
+"$BOSUN" keys "${C[@]}" accept ship2
+echo "(each ship pins central's key on first contact; central hands every ship the keys it accepted)"
+
 say "bosun plugins on ship1"
 "$BOSUN" plugins --config "$DEMO/ship1/bosun.json"
 

@@ -17,6 +17,7 @@ packages=(
   libcli11-dev
   prometheus-cpp-dev
   clang-format
+  clang libclang-rt-14-dev
   python3
 )
 

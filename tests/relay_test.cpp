@@ -367,9 +367,12 @@ TEST_F(RelayTest, AReplyFromAnotherNodeThanTheTargetIsNotForwarded) {
   forged.data = "forged";
   forged.status = "ok";
   forged.sent_at_ms = host::now_ms();
-  auto ack = bus.request("bosun.req.central.relay_reply", host::to_json(forged).dump(), 5s);
+  // Signed with node1's own key: an accepted node of the fleet, lying.
+  auto ack = bus.request(
+      "bosun.req.central.relay_reply",
+      sealed_by(node1_, "bosun.req.central.relay_reply", host::to_json(forged).dump()), 5s);
   ASSERT_TRUE(ack.has_value());
-  EXPECT_EQ(*ack, "ACK");
+  EXPECT_EQ(envelope_body(*ack), "ACK");
   EXPECT_TRUE(wait_until(
       [&] {
         return central_.log().find("reply from node1 to relayed message " + relay_id +

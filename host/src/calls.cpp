@@ -313,6 +313,25 @@ void Node::Impl::register_builtins(MethodTable& t) {
     reply(c, "pong");
     return BOSUN_OK;
   });
+  add("announce_key", "a node's key announcement (the key travels in the envelope)",
+      [reply](bosun_call* c) {
+        reply(c, "noted");
+        return BOSUN_OK;
+      });
+  add("key_set", "the keys the central node accepted: data {node: Ed25519 key}",
+      [this, reply, fail](bosun_call* c) {
+        if (!trust) return fail(c, "key_set: this node keeps no keys (security.sign is off)");
+        nlohmann::json set = nlohmann::json::parse(c->msg.data, nullptr, false);
+        if (!set.is_object()) return fail(c, "key_set: data must be a JSON object {node: key}");
+        std::vector<std::string> ignored;
+        int changed = trust->apply_key_set(set, &ignored);
+        for (const auto& i : ignored)
+          spdlog::warn("key_set from {}: ignored {}", c->msg.from_node, i);
+        if (changed > 0)
+          spdlog::info("key_set from {}: {} key(s) changed", c->msg.from_node, changed);
+        reply(c, std::to_string(changed) + " key(s) changed");
+        return BOSUN_OK;
+      });
   add("plugin_list", "every plugin with its version, state and methods",
       [this, reply](bosun_call* c) {
         nlohmann::json out = nlohmann::json::array();

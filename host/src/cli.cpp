@@ -3,6 +3,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include <array>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
@@ -620,6 +621,52 @@ int cmd_reload(const std::string& config_file, bool as_json) {
   return status == "reloaded" || status == "unchanged" ? 0 : 1;
 }
 
+int cmd_keys(const std::string& config_file, const std::string& action, const std::string& node,
+             bool as_json) {
+  if (action != "list" && node.empty()) {
+    std::cerr << "bosun keys " << action << ": name the node, e.g. bosun keys --config "
+              << config_file << " " << action << " ship1\n";
+    return 2;
+  }
+  json result;
+  try {
+    NodeClient client(load_config(config_file).socket_path());
+    client.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
+      result = line;
+      return false;
+    });
+  } catch (const std::exception& e) {
+    std::cerr << "bosun keys: " << e.what() << "\n";
+    return 2;
+  }
+  if (result.contains("error")) {
+    std::cerr << "bosun keys " << action << ": " << result.value("error", "") << "\n";
+    return 1;
+  }
+  if (as_json) {
+    result.erase("type");
+    std::cout << result.dump() << std::endl;
+    return 0;
+  }
+  if (action != "list") std::cout << "key of " << node << " " << action << "ed\n";
+  std::cout << "this node (" << result.value("node", "?") << "): " << result.value("publicKey", "")
+            << "\n";
+  std::vector<std::array<std::string, 4>> rows{{"NODE", "STATE", "SOURCE", "PUBLIC KEY"}};
+  for (const auto& k : result.value("keys", json::array())) {
+    rows.push_back({k.value("node", ""), k.value("state", ""), k.value("source", ""),
+                    k.value("publicKey", "")});
+  }
+  std::array<size_t, 3> w{};
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < 3; ++i) w[i] = std::max(w[i], r[i].size());
+  }
+  for (const auto& r : rows) {
+    std::cout << pad(r[0], w[0] + 2) << pad(r[1], w[1] + 2) << pad(r[2], w[2] + 2) << r[3] << "\n";
+  }
+  if (rows.size() == 1) std::cout << "(no peer keys yet: a node's key appears once it sends)\n";
+  return 0;
+}
+
 std::string default_node_name() {
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
@@ -744,6 +791,20 @@ int cli_main(int argc, char** argv) {
   reload->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   reload->add_flag("--json", as_json, "the outcome as one JSON object");
 
+  std::string keys_action, keys_node;
+  auto* keys = app.add_subcommand(
+      "keys",
+      "See and decide which peers' keys this node trusts (pending until accepted).\n"
+      "Examples:\n  bosun keys --config central.json list\n"
+      "  bosun keys --config central.json accept ship1\n"
+      "  bosun keys --config central.json reject ship9");
+  keys->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  keys->add_option("action", keys_action, "list | accept | reject")
+      ->required()
+      ->check(CLI::IsMember({"list", "accept", "reject"}));
+  keys->add_option("node", keys_node, "the node whose key to accept or reject");
+  keys->add_flag("--json", as_json, "machine-readable output");
+
   auto* config = app.add_subcommand("config", "Write or check a config file.");
   config->require_subcommand(1);
   auto* init = config->add_subcommand(
@@ -775,6 +836,7 @@ int cli_main(int argc, char** argv) {
   }
   if (sign->parsed()) return cmd_sign_plugin(new_key, key_file, module_file, as_json);
   if (reload->parsed()) return cmd_reload(config_file, as_json);
+  if (keys->parsed()) return cmd_keys(config_file, keys_action, keys_node, as_json);
   if (init->parsed()) {
     if (fs::exists(init_file) && !force) {
       std::cerr << "bosun config init: " << init_file << " exists (use --force to overwrite)\n";

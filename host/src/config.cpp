@@ -411,7 +411,7 @@ void parse_defaults(const Section& root, DefaultsConfig& d) {
 }
 
 void parse_security(const Section& root, SecurityConfig& security) {
-  Section s = root.section("security", {"allow", "allowSkew"});
+  Section s = root.section("security", {"allow", "allowSkew", "sign", "autoAccept", "keys"});
   if (const json* allow = s.find("allow")) {
     const std::string path = s.path("allow");
     if (!allow->is_object()) throw type_error(path, "an object (peer -> methods)", *allow);
@@ -434,6 +434,37 @@ void parse_security(const Section& root, SecurityConfig& security) {
     }
   }
   s.seconds("allowSkew", security.allow_skew_s, 0, true);
+  s.boolean("sign", security.sign);
+  if (const json* v = s.find("autoAccept")) {
+    security.auto_accept = read_string_array(*v, s.path("autoAccept"));
+    for (size_t i = 0; i < security.auto_accept.size(); ++i) {
+      std::string name = security.auto_accept[i];
+      if (!name.empty() && name.back() == '*') name.pop_back();
+      if (!name.empty() && !is_valid_token(name)) {
+        throw ConfigError(index_path(s.path("autoAccept"), i),
+                          json_quoted(security.auto_accept[i]) +
+                              " is not a node name, \"prefix*\" or \"*\" (" + token_rule() + ")");
+      }
+    }
+  }
+  if (const json* v = s.find("keys")) {
+    const std::string path = s.path("keys");
+    if (!v->is_object()) throw type_error(path, "an object (node -> public key)", *v);
+    for (const auto& item : v->items()) {
+      std::string key_path = child_path(path, item.key());
+      if (!is_valid_token(item.key())) {
+        throw ConfigError(key_path,
+                          json_quoted(item.key()) + " is not a node name (" + token_rule() + ")");
+      }
+      if (!item.value().is_string()) throw type_error(key_path, "a string", item.value());
+      if (!is_base64_ed25519_key(item.value().get<std::string>())) {
+        throw ConfigError(key_path,
+                          "expected an Ed25519 public key in base64 (44 characters), as "
+                          "`bosun keys list` shows it");
+      }
+      security.keys[item.key()] = item.value().get<std::string>();
+    }
+  }
 }
 
 void parse_rest(const Section& root, const fs::path& base, Config& cfg) {
@@ -520,14 +551,6 @@ std::string read_whole_file(const fs::path& file) {
 
 }  // namespace
 
-bool is_valid_token(std::string_view s) {
-  if (s.empty() || s.size() > kMaxTokenLength) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-';
-  });
-}
-
 ExtensionConfig Config::extension(const std::string& plugin) const {
   auto it = extensions.find(plugin);
   return it == extensions.end() ? ExtensionConfig{} : it->second;
@@ -608,7 +631,11 @@ std::string default_config_text(const std::string& node_name) {
                    {"replyACKTimeout", number_json(d.defaults.reply_ack_timeout_s)},
                    {"replyRetries", d.defaults.reply_retries},
                    {"replyMethodTimeout", number_json(d.defaults.reply_method_timeout_s)}};
-  j["security"] = {{"allow", allow}, {"allowSkew", number_json(d.security.allow_skew_s)}};
+  j["security"] = {{"allow", allow},
+                   {"allowSkew", number_json(d.security.allow_skew_s)},
+                   {"sign", d.security.sign},
+                   {"autoAccept", ojson::array()},
+                   {"keys", ojson::object()}};
   j["metrics"] = {{"listen", d.metrics.listen}};
   j["storage"] = {{"sync", d.storage.sync == SyncMode::always ? "always" : "interval"},
                   {"syncInterval", d.storage.sync_interval_ms},

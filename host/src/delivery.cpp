@@ -161,7 +161,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
   double ack_s = ack_timeout_s(m);
   if (ack_s <= 0) {
     // ACKTimeout 0: fire and forget.
-    if (auto t = bus()) t->publish(subject, bytes);
+    if (auto t = bus()) t->publish(subject, seal(subject, bytes));
     store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
                        log_failure("outbox: cannot remove " + m.id));
     return;
@@ -178,7 +178,8 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     outgoing[id] = out;
     out->ack_deadline = deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
   }
-  if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + id);
+  if (auto t = bus())
+    t->publish(out->subject, seal(out->subject, out->bytes), ack_inbox + "." + id);
 }
 
 void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
@@ -200,7 +201,9 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
     counters.retried++;
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
-    if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + out->msg.id);
+    if (auto t = bus()) {
+      t->publish(out->subject, seal(out->subject, out->bytes), ack_inbox + "." + out->msg.id);
+    }
     return;
   }
   give_up(out->msg, "no ACK from " + out->msg.to_node + " after " +
@@ -259,11 +262,20 @@ void Node::Impl::on_ack(Incoming&& in) {
   if (dot == std::string::npos) return;
   // Only a receiver's word counts: nats-server answers a request nobody is
   // subscribed to with an empty "no responders" status on the same subject.
+  if (in.data.empty()) return;
+  // And only the word of the node the message went to: an ACK is signed,
+  // and its signer must be that node.
+  std::string signer, why;
+  std::string_view text;
+  if (!open_envelope(in, false, false, signer, text, &why)) {
+    spdlog::warn("ignored an ACK on {}: {}", in.subject, why);
+    return;
+  }
   std::vector<std::string> ids;
-  if (in.data == "ACK") {
+  if (text == "ACK") {
     ids.push_back(in.subject.substr(dot + 1));
-  } else if (in.data.rfind("ACK ", 0) == 0) {
-    std::string_view rest(in.data);
+  } else if (text.rfind("ACK ", 0) == 0) {
+    std::string_view rest(text);
     rest.remove_prefix(4);
     while (!rest.empty() && ids.size() < kMaxAckBatch) {
       size_t sp = rest.find(' ');
@@ -272,18 +284,24 @@ void Node::Impl::on_ack(Incoming&& in) {
       if (sp == std::string_view::npos) break;
       rest.remove_prefix(sp + 1);
     }
-  } else if (in.data.rfind("NAK ", 0) == 0) {
+  } else if (text.rfind("NAK ", 0) == 0) {
     ids.push_back(in.subject.substr(dot + 1));
   } else {
     return;
   }
-  const bool nak = in.data.rfind("NAK ", 0) == 0;
+  const bool nak = text.rfind("NAK ", 0) == 0;
   for (const auto& id : ids) {
     std::shared_ptr<Outgoing> out;
     {
       std::lock_guard<std::mutex> lock(outgoing_mu);
       auto it = outgoing.find(id);
       if (it == outgoing.end()) continue;  // a late duplicate ACK
+      if (identity && it->second->msg.to_node != signer) {
+        counters.count_refused("impersonation");
+        spdlog::warn("ignored an ACK for {} from {}: the message went to {}", id, signer,
+                     it->second->msg.to_node);
+        continue;
+      }
       out = it->second;
       outgoing.erase(it);
       deadlines.cancel(out->ack_deadline);
@@ -292,7 +310,7 @@ void Node::Impl::on_ack(Incoming&& in) {
     acked_ids.push_back(id);
     if (nak) {
       // The receiver will never take it: no point in resending.
-      give_up(out->msg, "refused by " + out->msg.to_node + ": " + in.data.substr(4));
+      give_up(out->msg, "refused by " + out->msg.to_node + ": " + std::string(text.substr(4)));
     }
   }
   // Forget the ACKed messages in one write once no more ACKs are queued.
@@ -310,7 +328,7 @@ void Node::Impl::drop_incoming(const std::string& subject, const std::string& re
   counters.dropped++;
   spdlog::warn("dropped a message on {}: {}", subject, why);
   // Tell the sender when it asked for an ACK, so it stops resending.
-  if (auto t = bus(); t && !reply.empty()) t->publish(reply, "NAK " + why);
+  if (auto t = bus(); t && !reply.empty()) t->publish(reply, seal(reply, "NAK " + why));
 }
 
 void Node::Impl::on_incoming(Incoming&& in) {
@@ -331,7 +349,13 @@ void Node::Impl::on_incoming(Incoming&& in) {
         in.subject, in.reply,
         "message of " + std::to_string(in.data.size()) + " bytes exceeds host.maxMessageBytes");
   }
-  nlohmann::json doc = nlohmann::json::parse(in.data, nullptr, false);
+  // The signature first: nothing else is believed or even parsed before it.
+  std::string signer, why;
+  std::string_view body;
+  if (!open_envelope(in, true, false, signer, body, &why)) {
+    return drop_incoming(in.subject, in.reply, why);
+  }
+  nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
   if (doc.is_discarded()) return drop_incoming(in.subject, in.reply, "not valid JSON");
   Message m;
   try {
@@ -352,13 +376,23 @@ void Node::Impl::on_incoming(Incoming&& in) {
                              std::to_string(kMaxIdBytes) + "-byte limit");
   }
   if (m.from_node.empty()) return drop_incoming(in.subject, in.reply, "no \"fromNode\"");
+  if (identity && m.from_node != signer) {
+    counters.count_refused("impersonation");
+    return drop_incoming(in.subject, in.reply,
+                         "\"fromNode\" " + m.from_node + " is not the signer " + signer);
+  }
   std::string expected_subject =
       config.broker.subject_prefix + ".req." + m.to_node + "." + m.method;
   if (in.subject != expected_subject) {
     return drop_incoming(in.subject, in.reply,
                          "method \"" + m.method + "\" does not match the subject");
   }
-  received_batch.push_back(Received{std::move(m), std::move(in.reply), std::move(in.data)});
+  if (!authorized(m, &why)) {
+    counters.count_refused("not_allowed");
+    return drop_incoming(in.subject, in.reply, "not allowed: " + why);
+  }
+  // The inbox keeps the message itself; the envelope has done its work.
+  received_batch.push_back(Received{std::move(m), std::move(in.reply), std::string(body)});
 }
 
 void Node::Impl::record_received(std::vector<Received> batch) {
@@ -403,7 +437,7 @@ void Node::Impl::record_received(std::vector<Received> batch) {
           bool bosun_form =
               dot != std::string::npos && reply.compare(dot + 1, std::string::npos, id) == 0;
           if (!bosun_form) {
-            if (t) t->publish(reply, "ACK");
+            if (t) t->publish(reply, seal(reply, "ACK"));
             continue;
           }
           auto& a = acks[reply.substr(0, dot)];
@@ -413,12 +447,12 @@ void Node::Impl::record_received(std::vector<Received> batch) {
         if (t) {
           for (const auto& [prefix, a] : acks) {
             if (a.second.size() == 1) {
-              t->publish(a.first, "ACK");
+              t->publish(a.first, seal(a.first, "ACK"));
               continue;
             }
             std::string body = "ACK";
             for (const auto& id : a.second) body += " " + id;
-            t->publish(a.first, body);
+            t->publish(a.first, seal(a.first, body));
           }
         }
         for (size_t i = 0; i < items->size(); ++i) {

@@ -13,6 +13,17 @@
 
 namespace bosun::host {
 
+// Declared in config.hpp; defined here so that the message decoder stands on
+// its own (tests/fuzz builds it without the rest of the host).
+bool is_valid_token(std::string_view s) {
+  constexpr size_t kMaxTokenLength = 128;
+  if (s.empty() || s.size() > kMaxTokenLength) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
 using nlohmann::json;
 
 namespace {

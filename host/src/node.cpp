@@ -53,9 +53,16 @@ void Node::start() {
   so.map_size_mb = d.config.storage.map_size_mb;
   d.store = std::make_unique<Store>(d.config.node.data_dir / "state", so);
   d.audit = std::make_unique<AuditLog>(d.config.node.data_dir / "audit.log");
+  if (d.config.security.sign) {
+    d.identity = Identity::load_or_create(d.config.node.data_dir);
+    d.trust = std::make_unique<TrustStore>(*d.store, d.config.node.name,
+                                           d.identity->public_key_b64(), d.config.node.central);
+    d.trust->configure(d.config.security);
+  }
   d.load_modules();
   d.start_transport();
   d.resume_delivery();
+  d.announce_key();
   d.audit_flush = std::make_unique<asio::steady_timer>(d.io);
   d.schedule_audit_flush();
   for (const auto& r : d.pending_update_results) d.emit_event("update_result", r);
@@ -487,18 +494,31 @@ void Node::Impl::emit_event(const std::string& event, const nlohmann::json& payl
   }
   for (const auto& l : ls) l(event, body);
   if (auto t = bus()) {
-    t->publish(event_subject(config.broker.subject_prefix, config.node.name, event),
-               body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    std::string subject = event_subject(config.broker.subject_prefix, config.node.name, event);
+    t->publish(subject,
+               seal(subject, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)));
   }
 }
 
 void Node::Impl::on_remote_event(Incoming&& in) {
-  nlohmann::json body = nlohmann::json::parse(in.data, nullptr, false);
+  std::string signer, why;
+  std::string_view text;
+  if (!open_envelope(in, false, true, signer, text, &why)) {
+    spdlog::debug("ignored an event on {}: {}", in.subject, why);
+    return;
+  }
+  if (signer == config.node.name) return;  // ours, delivered locally
+  nlohmann::json body = nlohmann::json::parse(text, nullptr, false);
   if (!body.is_object() || !body.contains("event") || !body["event"].is_string()) {
     spdlog::debug("ignored an event on {} that does not decode", in.subject);
     return;
   }
   if (body.value("node", "") == config.node.name) return;  // ours, delivered locally
+  if (identity && body.value("node", "") != signer) {
+    spdlog::debug("ignored an event on {}: it names node {} but {} signed it", in.subject,
+                  body.value("node", ""), signer);
+    return;
+  }
   std::string event = body["event"].get<std::string>();
   std::vector<EventListener> ls;
   {

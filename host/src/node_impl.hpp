@@ -23,6 +23,7 @@
 #include "bosun/host/node.hpp"
 #include "bosun/host/store.hpp"
 #include "deadlines.hpp"
+#include "security.hpp"
 
 namespace bosun::host {
 class ModuleInstance;
@@ -47,7 +48,7 @@ struct Incoming;
 struct Outgoing {
   Message msg;
   std::string subject;
-  std::string bytes;
+  std::string bytes;  // the message itself; sealed afresh for each attempt
   int attempts_left = 0;
   std::chrono::milliseconds ack_timeout{0};
   DeadlineQueue::Key ack_deadline = 0;  // guarded by outgoing_mu
@@ -56,14 +57,25 @@ struct Outgoing {
 struct Counters {
   std::atomic<uint64_t> sent{0}, acked{0}, retried{0}, failed{0};
   std::atomic<uint64_t> received{0}, dropped{0}, duplicates{0}, reconnects{0};
+  // Messages refused by the security checks, by reason (bad_envelope,
+  // bad_signature, unknown_key, pending_key, rejected_key, impersonation,
+  // stale, not_allowed, ...).
+  mutable std::mutex refused_mu;
+  std::map<std::string, uint64_t> refused;
+  void count_refused(const std::string& reason) {
+    std::lock_guard<std::mutex> lock(refused_mu);
+    ++refused[reason];
+  }
   nlohmann::json to_json() const {
-    return {{"sent", sent.load()},
-            {"acked", acked.load()},
-            {"retried", retried.load()},
-            {"failed", failed.load()},
-            {"received", received.load()},
-            {"dropped", dropped.load()},
-            {"duplicates", duplicates.load()},
+    nlohmann::json by_reason = nlohmann::json::object();
+    {
+      std::lock_guard<std::mutex> lock(refused_mu);
+      for (const auto& [r, n] : refused) by_reason[r] = n;
+    }
+    return {{"refused", by_reason},           {"sent", sent.load()},
+            {"acked", acked.load()},          {"retried", retried.load()},
+            {"failed", failed.load()},        {"received", received.load()},
+            {"dropped", dropped.load()},      {"duplicates", duplicates.load()},
             {"reconnects", reconnects.load()}};
   }
 };
@@ -331,6 +343,27 @@ struct Node::Impl {
   // reload.cpp
   nlohmann::json reload();
   void on_sighup();
+
+  // Security (DESIGN §7; security.hpp, delivery.cpp).
+  std::optional<Identity> identity;
+  std::unique_ptr<TrustStore> trust;
+  // `body` in an envelope signed for `subject` (as is when security.sign is off).
+  std::string seal(std::string_view subject, std::string_view body) const;
+  // Checks the envelope of a message taken from the bus. On success sets
+  // `signer` (empty when security.sign is off) and `body`; otherwise counts
+  // the refusal and says why. `record`: an unknown key becomes pending.
+  // A message of this node's own comes back as signer == its name only when
+  // `own_ok` (its events).
+  bool open_envelope(const Incoming& in, bool record, bool own_ok, std::string& signer,
+                     std::string_view& body, std::string* why);
+  // Whether `m`, from an authenticated peer, may run here (security.allow).
+  bool authorized(const Message& m, std::string* why) const;
+  // Central: hand the accepted keys to every accepted node (soon, once).
+  void distribute_keys();
+  std::unique_ptr<asio::steady_timer> key_set_timer;
+  std::atomic<bool> key_set_due{false};
+  void announce_key();
+  nlohmann::json keys_op(const std::string& action, const std::string& node);
 };
 
 const bosun_host_api* host_api_table();

@@ -224,7 +224,18 @@ class Session : public std::enable_shared_from_this<Session> {
       });
       return;
     }
-    error("unknown op \"" + o + "\" (expected send, plugins, calls, status, watch or reload)");
+    if (o == "keys") {
+      std::string action = doc.value("action", "list");
+      std::string node = doc.contains("node") && doc["node"].is_string()
+                             ? doc["node"].get<std::string>()
+                             : std::string();
+      json result = node_.keys(action, node);
+      result["type"] = "keys";
+      write_line(result);
+      return finish();
+    }
+    error("unknown op \"" + o +
+          "\" (expected send, plugins, calls, status, watch, reload or keys)");
   }
 
   // On a worker thread. Holding mu_ while submitting makes replies that

@@ -1,5 +1,8 @@
 #include "cluster_harness.hpp"
 
+#include "../../host/src/security.hpp"
+#include "bosun/host/message.hpp"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -163,6 +166,9 @@ ClusterNode& ClusterHarness::add_node(const std::string& name) {
         {"methodTimeout", 10}}},
       {"host", {{"drainTimeout", 2000}}},
       {"log", {{"level", "debug"}}},
+      // Signed envelopes as everywhere, but every peer trusted and allowed:
+      // the tests of security (security_test.cpp) narrow this down.
+      {"security", {{"autoAccept", {"*"}}, {"allow", {{"*", {"*"}}}}}},
   };
   auto node = std::make_unique<ClusterNode>(name, root, std::move(config));
   node->add_module(plugin_module("sinks"));
@@ -186,6 +192,18 @@ void ClusterHarness::dump_logs(size_t lines) const {
 }
 
 // -------------------------------------------------------------- helpers ---
+
+std::string sealed_by(const ClusterNode& node, const std::string& subject, const std::string& body,
+                      int64_t signed_at_ms) {
+  auto id = host::Identity::load_or_create(node.data_dir());
+  return id.seal(node.name(), subject, body, signed_at_ms ? signed_at_ms : host::now_ms());
+}
+
+std::string envelope_body(const std::string& wire) {
+  host::Envelope env;
+  if (!host::parse_envelope(wire, env, nullptr)) return wire;
+  return std::string(env.body);
+}
 
 std::vector<json> final_replies(const std::vector<json>& lines) {
   std::vector<json> out;

@@ -112,6 +112,13 @@ class ClusterHarness {
   std::map<std::string, std::unique_ptr<ClusterNode>> nodes_;
 };
 
+// What `node` itself would publish on `subject`: `body` in an envelope signed
+// with its key (the key file its first start made under its data folder).
+std::string sealed_by(const ClusterNode& node, const std::string& subject,
+                      const std::string& body, int64_t signed_at_ms = 0);
+// The body of a signed envelope; the bytes themselves when they are not one.
+std::string envelope_body(const std::string& wire);
+
 // The lines of a send answer that are final replies.
 std::vector<nlohmann::json> final_replies(const std::vector<nlohmann::json>& lines);
 // The ids the node accepted ({"type":"result"} line), in order.

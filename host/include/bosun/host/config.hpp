@@ -85,6 +85,14 @@ struct DefaultsConfig {
 struct SecurityConfig {
   std::map<std::string, std::vector<std::string>> allow{{"central", {"*"}}};
   double allow_skew_s = 300;
+  // Envelopes signed and checked (DESIGN §7). Off only for a benchmark's
+  // baseline or a closed lab: then any peer is believed.
+  bool sign = true;
+  // Peer names whose keys are accepted without an operator: exact names,
+  // "prefix*" or "*". Empty by default (opt-in).
+  std::vector<std::string> auto_accept;
+  // Keys pinned by the operator: node name -> Ed25519 public key (base64).
+  std::map<std::string, std::string> keys;
   bool operator==(const SecurityConfig&) const = default;
 };
 

@@ -106,6 +106,10 @@ class Node {
   // Thread-safe; waits for unloaded modules to drain (host.drainTimeout).
   nlohmann::json reload();
 
+  // The trust store (`bosun keys`): action "list", "accept" or "reject"
+  // (with a node name). Returns {"keys": [...]} or {"error": "..."}.
+  nlohmann::json keys(const std::string& action, const std::string& node = {});
+
   // Hot-updates plugin `name` from a module file already on disk and
   // verified (update_plugin's staging does that): probe, load beside, swap,
   // drain. Returns the UpdateResult; `timings`, when given, gets the phases.

@@ -1,0 +1,200 @@
+// The node's side of DESIGN §7: sealing what it publishes, opening what it
+// takes from the bus, authorizing requests (security.allow), and the key
+// set the central node hands out.
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+
+#include "bosun/host/transport.hpp"
+#include "node_impl.hpp"
+
+namespace bosun::host {
+
+namespace {
+
+// Reply methods that only record an answer (DESIGN §9's sinks, relay's
+// forwarding of a reply): any peer may answer a node with these. Any other
+// reply method runs only if the peer may invoke it as a request.
+bool answer_only(const std::string& method) {
+  return method == "none" || method == "to_file" || method == "to_file_append" ||
+         method == "to_console" || method == "error_log" || method == "relay_reply";
+}
+
+}  // namespace
+
+std::string Node::Impl::seal(std::string_view subject, std::string_view body) const {
+  if (!identity) return std::string(body);
+  return identity->seal(config.node.name, subject, body, now_ms());
+}
+
+bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std::string& signer,
+                               std::string_view& body, std::string* why) {
+  if (!identity) {
+    signer.clear();
+    body = in.data;
+    return true;
+  }
+  auto refuse = [&](const std::string& reason, std::string text) {
+    counters.count_refused(reason);
+    *why = std::move(text);
+    return false;
+  };
+  Envelope env;
+  std::string problem;
+  if (!parse_envelope(in.data, env, &problem)) return refuse("bad_envelope", problem);
+  const int64_t now = now_ms();
+  std::string signed_bytes =
+      envelope_signed_bytes(env.signer, env.signed_at_ms, in.subject, env.body);
+  PkeyPtr key;
+  if (env.signer == config.node.name && env.public_key == identity->public_key_raw()) {
+    key = ed25519_public_key(env.public_key);
+    if (!ed25519_verify(key.get(), signed_bytes, env.signature)) {
+      return refuse("bad_signature",
+                    "the signature does not verify (claims to be " + env.signer + ")");
+    }
+    if (!own_ok) {
+      return refuse("impersonation",
+                    "a message of this node's own came back on the bus: a replay, not run");
+    }
+    signer = env.signer;
+    body = env.body;
+    return true;
+  }
+  // Verify before believing anything the message says, the key included:
+  // only a message that verifies against the key it carries may make that
+  // key pending.
+  PkeyPtr carried = ed25519_public_key(env.public_key);
+  if (!ed25519_verify(carried.get(), signed_bytes, env.signature)) {
+    return refuse("bad_signature",
+                  "the signature does not verify against the key it carries "
+                  "(claims to be " +
+                      env.signer + "): changed on the way, or forged");
+  }
+  TrustVerdict v = trust->check(env.signer, env.public_key, record, now);
+  if (!v.ok) return refuse(v.reason, v.text);
+  if (v.added) {
+    spdlog::info("accepted the key of {} ({})", env.signer,
+                 env.signer == config.node.central ? "the central node, on first contact"
+                                                   : "security.autoAccept");
+    distribute_keys();
+  }
+  const double skew_ms = current_config()->security.allow_skew_s * 1000.0;
+  if (std::fabs(static_cast<double>(now - env.signed_at_ms)) > skew_ms) {
+    return refuse("stale", "signed by " + env.signer + " " +
+                               std::to_string((now - env.signed_at_ms) / 1000) +
+                               " s from this node's clock, beyond security.allowSkew (" +
+                               std::to_string(static_cast<int64_t>(skew_ms / 1000)) +
+                               " s): a replay, or a clock to fix");
+  }
+  signer = env.signer;
+  body = env.body;
+  return true;
+}
+
+bool Node::Impl::authorized(const Message& m, std::string* why) const {
+  const std::string& me = config.node.name;
+  const std::string& central = config.node.central;
+  if (m.is_reply && answer_only(m.method)) return true;
+  if (!m.is_reply) {
+    // Heartbeats, key announcements and error reports always reach central;
+    // only central hands out keys.
+    if (me == central &&
+        (m.method == "hello" || m.method == "error_log" || m.method == "announce_key")) {
+      return true;
+    }
+    if (m.method == "key_set" || m.method == "announce_key") {
+      if (m.method == "key_set" && m.from_node == central) return true;
+      *why = m.method + " is accepted only " +
+             std::string(m.method == "key_set" ? "from the central node " + central
+                                               : "by the central node");
+      return false;
+    }
+  }
+  auto cfg = current_config();
+  auto allows = [&](const std::string& peer) {
+    auto it = cfg->security.allow.find(peer);
+    if (it == cfg->security.allow.end()) return false;
+    for (const auto& meth : it->second) {
+      if (meth == "*" || meth == m.method) return true;
+    }
+    return false;
+  };
+  if (allows(m.from_node) || allows("*")) return true;
+  *why = std::string(m.is_reply ? "a reply that runs " : "") + m.from_node + " may not invoke " +
+         m.method + " on " + me + " (security.allow)";
+  return false;
+}
+
+void Node::Impl::announce_key() {
+  if (!identity || config.broker.standalone() || config.node.name == config.node.central) return;
+  // The key travels in the envelope; the central node records it as
+  // pending (or knows it). A short budget: the node announces again at its
+  // next start, and its heartbeats carry the key too.
+  Message m;
+  m.id = new_message_id();
+  m.from_node = config.node.name;
+  m.to_node = config.node.central;
+  m.method = "announce_key";
+  m.data = nlohmann::json{{"ed25519", identity->public_key_b64()}}.dump();
+  m.sent_at_ms = now_ms();
+  m.retries = 2;
+  m.reply_method = "none";
+  asio::post(*pool, [this, m = std::move(m)]() mutable { route(std::move(m)); });
+}
+
+void Node::Impl::distribute_keys() {
+  if (!trust || config.broker.standalone() || config.node.name != config.node.central) return;
+  if (key_set_due.exchange(true)) return;  // one is already on its way
+  // Acceptances close together (a fleet enrolled at once) share one round.
+  asio::post(io, [this] {
+    if (!key_set_timer) key_set_timer = std::make_unique<asio::steady_timer>(io);
+    key_set_timer->expires_after(std::chrono::milliseconds(200));
+    key_set_timer->async_wait([this](const boost::system::error_code& ec) {
+      if (ec) return;
+      key_set_due = false;
+      nlohmann::json set = trust->accepted_set();
+      std::string data = set.dump();
+      for (const auto& item : set.items()) {
+        if (item.key() == config.node.name) continue;
+        Message m;
+        m.id = new_message_id();
+        m.from_node = config.node.name;
+        m.to_node = item.key();
+        m.method = "key_set";
+        m.data = data;
+        m.sent_at_ms = now_ms();
+        m.reply_method = "none";
+        asio::post(*pool, [this, m = std::move(m)]() mutable { route(std::move(m)); });
+      }
+      spdlog::info("handing the {} accepted key(s) to every accepted node", set.size());
+    });
+  });
+}
+
+nlohmann::json Node::Impl::keys_op(const std::string& action, const std::string& node) {
+  if (!trust) return {{"error", "the node has no trust store (not started)"}};
+  auto list = [&] {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& k : trust->list()) out.push_back(k.to_json());
+    return nlohmann::json{{"node", config.node.name},
+                          {"publicKey", identity ? identity->public_key_b64() : ""},
+                          {"keys", out}};
+  };
+  if (action == "list") return list();
+  if (action != "accept" && action != "reject") {
+    return {{"error", "unknown keys action \"" + action + "\" (expected list, accept or reject)"}};
+  }
+  if (!is_valid_token(node)) return {{"error", "\"" + node + "\" is not a node name"}};
+  std::string err = action == "accept" ? trust->accept(node) : trust->reject(node);
+  if (!err.empty()) return {{"error", err}};
+  spdlog::info("key of {} {} by the operator", node, action == "accept" ? "accepted" : "rejected");
+  emit_event("key_" + action + "ed", {{"node", node}});
+  distribute_keys();
+  return list();
+}
+
+nlohmann::json Node::keys(const std::string& action, const std::string& node) {
+  return impl_->keys_op(action, node);
+}
+
+}  // namespace bosun::host

@@ -1,0 +1,284 @@
+// Issue 6 against real nodes on a real nats-server: enrolment (pending until
+// an operator accepts, central pinned on first contact, keys handed out by
+// central) and a hostile peer on the bus. In every hostile case nothing
+// runs, the reason is logged and counted, and the node keeps serving.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "../host/src/security.hpp"
+#include "bosun/host/client.hpp"
+#include "bosun/host/message.hpp"
+#include "bosun/host/transport.hpp"
+#include "cluster_harness.hpp"
+#include "node_harness.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using bosun::test::ClusterHarness;
+using bosun::test::ClusterNode;
+using bosun::test::envelope_body;
+using bosun::test::final_replies;
+using bosun::test::sealed_by;
+using bosun::test::TempDir;
+using bosun::test::wait_until;
+using nlohmann::json;
+namespace fs = std::filesystem;
+namespace host = bosun::host;
+
+json keys_op(ClusterNode& n, const std::string& action, const std::string& node = {}) {
+  json out;
+  host::NodeClient c(n.socket());
+  c.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
+    out = line;
+    return false;
+  });
+  return out;
+}
+
+// The state of `peer`'s key on `n`, or "" when it does not know it.
+std::string key_state(ClusterNode& n, const std::string& peer) {
+  for (const auto& k : keys_op(n, "list").value("keys", json::array())) {
+    if (k.value("node", "") == peer) return k.value("state", "") + "/" + k.value("source", "");
+  }
+  return "";
+}
+
+uint64_t refused(ClusterNode& n, const std::string& reason) {
+  json r = n.counters().value("refused", json::object());
+  return r.value(reason, uint64_t{0});
+}
+
+json message(const std::string& to, const std::string& method, std::vector<std::string> args = {}) {
+  return {
+      {"toNode", to}, {"method", method}, {"methodArgs", args}, {"ACKTimeout", 1}, {"retries", 2}};
+}
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  // Secure defaults, as an operator gets them: no autoAccept, only central
+  // may invoke methods.
+  ClusterNode& add(const std::string& name) {
+    ClusterNode& n = h_.add_node(name);
+    n.config().erase("security");
+    n.add_module(bosun::test::plugin_module("cli"));
+    return n;
+  }
+
+  // central and ship1 started, ship1 accepted on central.
+  void enrol(ClusterNode& central, ClusterNode& ship) {
+    ASSERT_TRUE(wait_until([&] { return key_state(central, ship.name()) == "pending/seen"; }, 10s))
+        << key_state(central, ship.name());
+    json r = keys_op(central, "accept", ship.name());
+    ASSERT_FALSE(r.contains("error")) << r.dump();
+  }
+
+  ClusterHarness h_;
+};
+
+TEST_F(SecurityTest, AKeyIsPendingUntilAcceptedAndCentralIsPinnedOnFirstContact) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.start();
+  ship1.start();
+  ship2.start();
+
+  // Announced at start, pending on central; nothing of ship1's is believed.
+  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship1") == "pending/seen"; }, 10s));
+  // Central does not believe ship1's ACKs: the ping is not delivered as far
+  // as central knows.
+  auto lines = central.send(json::array({message("ship1", "ping")}), true, 10);
+  auto failed = final_replies(lines);
+  ASSERT_EQ(failed.size(), 1u) << json(lines).dump();
+  EXPECT_EQ(failed[0].value("status", ""), "error");
+  EXPECT_EQ(failed[0].value("error", "").find("not delivered"), 0u) << failed[0].dump();
+  EXPECT_EQ(key_state(ship1, "central"), "accepted/first contact");
+  EXPECT_GE(refused(central, "pending_key"), 1u);
+  EXPECT_NE(central.log().find("the key of ship1 is pending"), std::string::npos);
+
+  // The operator accepts both on central; central hands each the keys.
+  ASSERT_FALSE(keys_op(central, "accept", "ship1").contains("error"));
+  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+  ASSERT_FALSE(keys_op(central, "accept", "ship2").contains("error"));
+  auto finals = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  EXPECT_EQ(finals[0]["data"], "pong");
+  EXPECT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "accepted/central"; }, 10s))
+      << key_state(ship1, "ship2");
+  EXPECT_TRUE(wait_until([&] { return key_state(ship2, "ship1") == "accepted/central"; }, 10s));
+
+  // Rejected on central: gone from the ships too.
+  ASSERT_FALSE(keys_op(central, "reject", "ship2").contains("error"));
+  EXPECT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "rejected/central"; }, 10s))
+      << key_state(ship1, "ship2");
+  json bad = keys_op(central, "accept", "nobody");
+  EXPECT_EQ(bad.value("error", "").find("no key of nobody is known"), 0u) << bad.dump();
+}
+
+TEST_F(SecurityTest, KeyFilesArePrivateAndNeverLogged) {
+  ClusterNode& central = add("central");
+  central.start();
+  fs::path dir = central.data_dir() / "keys";
+  fs::path file = dir / "node.ed25519.pem";
+  struct stat st {};
+  ASSERT_EQ(::stat(file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  std::string pem = bosun::test::read_file(file);
+  std::string secret = pem.substr(pem.find('\n') + 1, 40);  // the first key characters
+  ASSERT_EQ(secret.size(), 40u);
+  central.stop();
+  central.start();  // the same key again, not a new one
+  EXPECT_EQ(bosun::test::read_file(file), pem);
+  EXPECT_EQ(central.log().find(secret), std::string::npos);
+}
+
+TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  ship1.config()["host"]["maxMessageBytes"] = 8192;
+  central.start();
+  ship1.start();
+  ship2.start();
+  enrol(central, ship1);
+  enrol(central, ship2);
+  auto first = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(first.size(), 1u);  // ship1 pinned central
+  ASSERT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "accepted/central"; }, 10s));
+
+  // Every case asks ship1 to create this file; none may.
+  fs::path marker = h_.root() / "ran";
+  const std::string subject = "bosun.req.ship1.cli_command";
+  auto request = [&](const std::string& from) {
+    host::Message m;
+    m.id = host::new_message_id();
+    m.from_node = from;
+    m.to_node = "ship1";
+    m.method = "cli_command";
+    m.method_args = {"touch", marker.string()};
+    m.sent_at_ms = host::now_ms();
+    return host::to_json(m).dump();
+  };
+  TempDir intruder_dir;
+  auto intruder = host::Identity::load_or_create(intruder_dir.path());
+  TempDir other_dir;
+  auto other = host::Identity::load_or_create(other_dir.path());
+  std::string good = sealed_by(central, subject, request("central"));
+  std::string flipped = good;
+  flipped[flipped.size() - 5] ^= 1;
+
+  struct Case {
+    std::string what, wire, reason, text;
+  };
+  std::vector<Case> cases = {
+      {"garbage", "\x01\x02 garbage {", "bad_envelope", "not a signed envelope"},
+      {"truncated", good.substr(0, good.size() / 2), "bad_signature", "does not verify"},
+      {"a header without its end", "BSN1 central 1 " + std::string(600, 'A'), "bad_envelope",
+       "header has no end"},
+      {"one byte changed", flipped, "bad_signature", "does not verify"},
+      {"an unknown key", intruder.seal("mallory", subject, request("mallory"), host::now_ms()),
+       "unknown_key", "the key of mallory is new on ship1"},
+      {"a pending key", intruder.seal("mallory", subject, request("mallory"), host::now_ms()),
+       "pending_key", "the key of mallory is pending"},
+      {"central with another key",
+       other.seal("central", subject, request("central"), host::now_ms()), "impersonation",
+       "signed with another key than the one ship1 accepted for it"},
+      {"a stale time stamp",
+       sealed_by(central, subject, request("central"), host::now_ms() - 3600 * 1000), "stale",
+       "beyond security.allowSkew"},
+      {"fromNode another than the signer", sealed_by(ship2, subject, request("central")),
+       "impersonation", "\"fromNode\" central is not the signer ship2"},
+      {"a method the peer may not invoke", sealed_by(ship2, subject, request("ship2")),
+       "not_allowed", "ship2 may not invoke cli_command on ship1 (security.allow)"},
+      {"another subject", sealed_by(central, "bosun.req.ship1.ping", request("central")),
+       "bad_signature", "does not verify"},
+  };
+
+  host::BrokerConfig bc;
+  bc.servers = h_.servers();
+  bc.connect_timeout_ms = 2000;
+  host::Transport bus(bc, "hostile");
+  bus.connect(false);
+  for (const auto& c : cases) {
+    uint64_t before = refused(ship1, c.reason);
+    auto answer = bus.request(subject, c.wire, 5s);
+    ASSERT_TRUE(answer.has_value()) << c.what << ": no answer";
+    std::string text = envelope_body(*answer);
+    EXPECT_EQ(text.rfind("NAK ", 0), 0u) << c.what << ": " << text;
+    EXPECT_NE(text.find(c.text), std::string::npos) << c.what << ": " << text;
+    EXPECT_EQ(refused(ship1, c.reason), before + 1) << c.what;
+    EXPECT_NE(ship1.log().find(c.text), std::string::npos) << c.what << ": not in the log";
+  }
+  // The operator rejects mallory: refused as rejected from then on.
+  ASSERT_FALSE(keys_op(ship1, "reject", "mallory").contains("error"));
+  auto answer = bus.request(
+      subject, intruder.seal("mallory", subject, request("mallory"), host::now_ms()), 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_NE(envelope_body(*answer).find("the key of mallory was rejected on ship1"),
+            std::string::npos);
+  EXPECT_EQ(refused(ship1, "rejected_key"), 1u);
+
+  // A valid message captured and published again: ACKed twice, run once.
+  json captured = json::parse(request("central"));
+  captured["methodArgs"] = {"sh", "-c", "echo x >> " + marker.string() + ".once"};
+  std::string once = sealed_by(central, subject, captured.dump());
+  for (int i = 0; i < 2; ++i) {
+    auto a = bus.request(subject, once, 5s);
+    ASSERT_TRUE(a.has_value());
+    EXPECT_EQ(envelope_body(*a), "ACK");
+  }
+  EXPECT_TRUE(wait_until([&] { return fs::exists(marker.string() + ".once"); }, 10s));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(bosun::test::read_file(marker.string() + ".once"), "x\n");
+  EXPECT_FALSE(fs::exists(marker)) << "a hostile message ran";
+
+  // Still serving.
+  EXPECT_TRUE(ship1.running());
+  auto finals = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  EXPECT_EQ(finals[0]["data"], "pong");
+}
+
+TEST_F(SecurityTest, AKeyPinnedInTheConfigRefusesEveryOtherKeyForThatName) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  TempDir elsewhere;
+  auto impostor = host::Identity::load_or_create(elsewhere.path());
+  // ship1 is told central's key is the impostor's: the real central is refused.
+  ship1.config()["security"] = {{"keys", {{"central", impostor.public_key_b64()}}}};
+  central.config()["security"] = {{"autoAccept", {"ship*"}}};
+  central.start();
+  ship1.start();
+  ASSERT_TRUE(
+      wait_until([&] { return key_state(central, "ship1") == "accepted/autoAccept"; }, 10s));
+  auto lines = central.send(json::array({message("ship1", "ping")}), true, 10);
+  auto finals = final_replies(lines);
+  ASSERT_EQ(finals.size(), 1u) << json(lines).dump();
+  EXPECT_NE(finals[0]
+                .value("error", "")
+                .find("refused by ship1: a message claims to come from central but is signed with "
+                      "another key than the one ship1 accepted for it (config)"),
+            std::string::npos)
+      << finals[0].dump();
+  EXPECT_GE(refused(ship1, "impersonation"), 1u);
+  EXPECT_EQ(key_state(ship1, "central"), "accepted/config");
+}
+
+TEST_F(SecurityTest, AnUnknownKeyInAConfigIsANamedError) {
+  ClusterNode& central = add("central");
+  central.config()["security"] = {{"keys", {{"ship1", "not-a-key"}}}};
+  EXPECT_THROW(central.start(5s), std::runtime_error);
+  EXPECT_NE(central.log().find("$.security.keys.ship1: expected an Ed25519 public key"),
+            std::string::npos)
+      << central.log();
+}
+
+}  // namespace
