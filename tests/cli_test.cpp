@@ -6,6 +6,8 @@
 #include <openssl/pem.h>
 #include <signal.h>
 
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -36,23 +38,90 @@ Outcome bosun_stdout(std::vector<std::string> args) {
   return r;
 }
 
+// The subcommands a help text lists under "Subcommands:".
+std::vector<std::string> listed_subcommands(const std::string& help) {
+  std::vector<std::string> names;
+  size_t at = help.find("Subcommands:\n");
+  if (at == std::string::npos) at = help.find("SUBCOMMANDS:\n");  // CLI11 before 2.0
+  if (at == std::string::npos) return names;
+  std::stringstream lines(help.substr(at + 13));
+  for (std::string line; std::getline(lines, line) && !line.empty();) {
+    if (line.rfind("  ", 0) != 0 || line[2] == ' ') continue;  // a wrapped description
+    names.push_back(line.substr(2, line.find(' ', 2) - 2));
+  }
+  return names;
+}
+
+// Every subcommand, found from `bosun --help` (so one added later is
+// covered too), has --help with at least one example line.
 TEST(Cli, EveryHelpExitsZeroAndShowsAnExample) {
-  const std::vector<std::vector<std::string>> helps = {{"--help"},
-                                                       {"run", "--help"},
-                                                       {"send", "--help"},
-                                                       {"plugins", "--help"},
-                                                       {"update-plugin", "--help"},
-                                                       {"sign-plugin", "--help"},
-                                                       {"watch", "--help"},
-                                                       {"config", "--help"},
-                                                       {"config", "init", "--help"},
-                                                       {"config", "check", "--help"}};
-  for (const auto& argv : helps) {
+  std::vector<std::vector<std::string>> helps = {{"--help"}};
+  for (size_t i = 0; i < helps.size(); ++i) {
+    std::vector<std::string> argv = helps[i];
     std::string shown;
     for (const auto& a : argv) shown += a + " ";
     Outcome r = bosun(argv);
     EXPECT_EQ(r.code, 0) << "bosun " << shown << "\n" << r.out;
-    EXPECT_NE(r.out.find("Example"), std::string::npos) << "bosun " << shown << "\n" << r.out;
+    size_t example = r.out.find("Example");
+    ASSERT_NE(example, std::string::npos) << "bosun " << shown << "\n" << r.out;
+    // An example is a line that runs bosun.
+    EXPECT_NE(r.out.find("\n  bosun ", example), std::string::npos) << "bosun " << shown << "\n"
+                                                                    << r.out;
+    argv.pop_back();  // "--help"
+    for (const auto& sub : listed_subcommands(r.out)) {
+      std::vector<std::string> deeper = argv;
+      deeper.push_back(sub);
+      deeper.push_back("--help");
+      helps.push_back(deeper);
+    }
+  }
+  std::set<std::string> seen;
+  for (const auto& argv : helps) seen.insert(argv.front());
+  for (const char* sub : {"run", "send", "plugins", "nodes", "update-plugin", "sign-plugin",
+                          "watch", "reload", "config"}) {
+    EXPECT_TRUE(seen.count(sub)) << "bosun --help does not list " << sub;
+  }
+  EXPECT_GE(helps.size(), 12u);  // the above, config init and config check
+}
+
+TEST(Cli, HelpListsTheExitCodes) {
+  Outcome r = bosun({"--help"});
+  EXPECT_NE(r.out.find("Exit codes: 0 ok; 1 the operation failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("3 the node is not reachable"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UsageAndConfigErrorsExitTwo) {
+  EXPECT_EQ(bosun({"frobnicate"}).code, 2);
+  EXPECT_EQ(bosun({"send", "--to", "n1"}).code, 2);  // no --config
+  EXPECT_EQ(bosun({"plugins", "--config", "/nonexistent/bosun.json"}).code, 2);
+  TempDir dir;
+  fs::path bad = dir / "bad.json";
+  write_file(bad, R"({"node": {"name": "n1"}, "brokr": {}})");
+  Outcome check = bosun({"config", "check", "--config", bad.string()});
+  EXPECT_EQ(check.code, 2) << check.out;
+  EXPECT_NE(check.out.find("$.brokr: unknown key (did you mean \"broker\"?)"), std::string::npos)
+      << check.out;
+  Outcome json_check = bosun_stdout({"config", "check", "--config", bad.string(), "--json"});
+  EXPECT_EQ(json_check.code, 2) << json_check.out;
+  json j = json::parse(json_check.out, nullptr, false);
+  EXPECT_EQ(j.value("path", ""), "$.brokr") << json_check.out;
+  EXPECT_EQ(bosun({"plugins", "--config", bad.string()}).code, 2);
+  EXPECT_EQ(bosun({"run", "--config", bad.string()}).code, 2);
+}
+
+TEST(Cli, ANodeThatIsNotRunningExitsThree) {
+  NodeSetup setup;
+  std::string config = setup.write_config().string();
+  for (std::vector<std::string> argv :
+       {std::vector<std::string>{"plugins", "--config", config},
+        {"nodes", "--config", config},
+        {"watch", "--config", config},
+        {"reload", "--config", config},
+        {"send", "--config", config, "--to", "n1", "--method", "ping", "--wait"}}) {
+    Outcome r = bosun(argv);
+    EXPECT_EQ(r.code, 3) << argv[0] << ": " << r.out;
+    EXPECT_NE(r.out.find("cannot reach the node at " + setup.socket().string()), std::string::npos)
+        << r.out;
   }
 }
 
@@ -135,9 +204,9 @@ TEST_F(CliNode, SendPassesArgumentsAfterTheDoubleDash) {
   EXPECT_NE(r.out.find("hello --world"), std::string::npos) << r.out;
 }
 
-TEST_F(CliNode, SendWaitWithAnUnknownMethodFails) {
+TEST_F(CliNode, SendWaitWithAnUnknownMethodFailsWithOne) {
   Outcome r = bosun({"send", "--config", config_, "--to", "n1", "--method", "pnig", "--wait"});
-  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("unknown method \"pnig\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("did you mean \"ping\""), std::string::npos) << r.out;
 }

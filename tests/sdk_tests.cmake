@@ -10,14 +10,18 @@ add_test(NAME sdk_header_is_cxx17
   COMMAND ${CMAKE_CXX_COMPILER} -std=c++17 -Wall -Wextra -Werror -pedantic -fsyntax-only
     -I${sdk_include_dir} -x c++ ${sdk_include_dir}/bosun/plugin.hpp)
 
-# Install the SDK alone into a prefix, then build examples/hello against that
-# prefix only, as a third party would. Tests needing hello.so require the
-# fixture "hello_module" and find it at ${BOSUN_HELLO_DIR_1_0_0}/hello.so
-# (and _1_1_0).
-set(sdk_prefix ${CMAKE_CURRENT_BINARY_DIR}/sdk-prefix)
-add_test(NAME sdk_install
-  COMMAND ${CMAKE_COMMAND} --install ${PROJECT_BINARY_DIR}/sdk --prefix ${sdk_prefix})
-set_tests_properties(sdk_install PROPERTIES FIXTURES_SETUP sdk_prefix)
+# `cmake --install` the whole project into a fresh prefix (binary, modules,
+# SDK, example config, systemd unit: tests/packaging_test.cpp checks the
+# layout), then build examples/hello against that prefix only, as a third
+# party would. Tests needing hello.so require the fixture "hello_module" and
+# find it at ${BOSUN_HELLO_DIR_1_0_0}/hello.so (and _1_1_0); tests needing
+# the prefix find it at ${BOSUN_INSTALL_PREFIX}.
+set(sdk_prefix ${CMAKE_CURRENT_BINARY_DIR}/install-prefix)
+set(BOSUN_INSTALL_PREFIX ${sdk_prefix})
+add_test(NAME install_prefix
+  COMMAND ${CMAKE_COMMAND} -DBUILD_DIR=${PROJECT_BINARY_DIR} -DPREFIX=${sdk_prefix}
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/install_prefix.cmake)
+set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP sdk_prefix)
 
 set(hello_cxx_flags "")
 if(BOSUN_SANITIZE)

@@ -1,6 +1,5 @@
 #include "bosun/host/cli.hpp"
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <array>
@@ -8,16 +7,21 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
 #include <chrono>
+#include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 
 #include "bosun/host/client.hpp"
 #include "bosun/host/config.hpp"
 #include "bosun/host/module.hpp"
 #include "bosun/host/node.hpp"
+#include "logging.hpp"
 #include "signing.hpp"
 
 namespace bosun::host {
@@ -27,11 +31,35 @@ using nlohmann::json;
 
 namespace {
 
-void setup_logging(const std::string& level, const std::string& node) {
-  auto logger = spdlog::stderr_color_mt("bosun");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [" + node + "] %v");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(level));
+// Exit codes, the same for every subcommand (docs/operating.md lists them).
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;       // the operation failed, or a node answered with an error
+constexpr int kExitUsage = 2;        // bad command line, config or input file: nothing was tried
+constexpr int kExitUnreachable = 3;  // the local node's socket does not answer
+
+const char* const kExitCodesHelp =
+    "Exit codes: 0 ok; 1 the operation failed or a node answered with an error;\n"
+    "2 usage, config or input file error (nothing was tried); 3 the node is not reachable\n"
+    "(is `bosun run` running, and may this user open <dataDir>/bosun.sock?).";
+
+// The local node could not be reached at all (exit code 3).
+class NodeUnreachable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::unique_ptr<NodeClient> connect_node(const fs::path& socket) {
+  try {
+    return std::make_unique<NodeClient>(socket);
+  } catch (const std::exception& e) {
+    throw NodeUnreachable(e.what());
+  }
+}
+
+// Prints "<who>: <error>" and returns the exit code it stands for.
+int report_failure(const std::string& who, const std::exception& e) {
+  std::cerr << who << ": " << e.what() << "\n";
+  return dynamic_cast<const NodeUnreachable*>(&e) != nullptr ? kExitUnreachable : kExitFailed;
 }
 
 Config load_or_exit(const std::string& file) {
@@ -39,19 +67,40 @@ Config load_or_exit(const std::string& file) {
     return load_config(file);
   } catch (const ConfigError& e) {
     std::cerr << "bosun: config error: " << e.what() << "\n";
-    std::exit(2);
+    std::exit(kExitUsage);
   }
 }
 
+// Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
 bool colour() {
-  return ::isatty(1) != 0;
+  static const bool on = ::isatty(1) != 0 && std::getenv("NO_COLOR") == nullptr;
+  return on;
+}
+
+std::string paint(const std::string& text, const char* sgr) {
+  return colour() ? std::string("\033[") + sgr + "m" + text + "\033[0m" : text;
+}
+
+// Green for the states that are fine, red for the ones that are not.
+const char* state_colour(const std::string& state) {
+  if (state == "active" || state == "updated" || state == "unchanged" || state == "online" ||
+      state == "alive" || state == "ok") {
+    return "32";
+  }
+  if (state == "failed" || state == "rolled_back" || state == "offline" || state == "missing" ||
+      state == "dead" || state == "error") {
+    return "31";
+  }
+  return "33";
 }
 
 std::string pad(const std::string& s, size_t w) {
   return s.size() >= w ? s : s + std::string(w - s.size(), ' ');
 }
 
-void print_table(const std::vector<std::vector<std::string>>& rows) {
+// Columns aligned on the text's own width; on a terminal the header is bold
+// and the column `state_column` (if any) coloured by state_colour().
+void print_table(const std::vector<std::vector<std::string>>& rows, int state_column = -1) {
   std::vector<size_t> widths;
   for (const auto& r : rows) {
     if (widths.size() < r.size()) widths.resize(r.size(), 0);
@@ -60,25 +109,35 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
   for (size_t n = 0; n < rows.size(); ++n) {
     std::string line;
     for (size_t i = 0; i < rows[n].size(); ++i) {
-      line += i + 1 == rows[n].size() ? rows[n][i] : pad(rows[n][i], widths[i] + 2);
+      std::string cell = i + 1 == rows[n].size() ? rows[n][i] : pad(rows[n][i], widths[i] + 2);
+      if (n > 0 && static_cast<int>(i) == state_column) {
+        cell = paint(rows[n][i], state_colour(rows[n][i])) + cell.substr(rows[n][i].size());
+      }
+      line += cell;
     }
-    if (n == 0 && colour()) line = "\033[1m" + line + "\033[0m";
-    std::cout << line << "\n";
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    std::cout << (n == 0 ? paint(line, "1") : line) << "\n";
   }
 }
 
 int cmd_run(const std::string& config_file, const std::string& log_level) {
   Config cfg = load_or_exit(config_file);
-  setup_logging(log_level.empty() ? cfg.log.level : log_level, cfg.node.name);
+  try {
+    setup_logging(log_level.empty() ? cfg.log.level : log_level, cfg.node.name, cfg.log.file);
+  } catch (const std::exception& e) {
+    std::cerr << "bosun run: cannot log to " << cfg.log.file.string() << " (log.file): " << e.what()
+              << "\n";
+    return kExitFailed;
+  }
   try {
     Node node(cfg);
     node.start();
     node.run();
   } catch (const std::exception& e) {
     spdlog::critical("cannot run: {}", e.what());
-    return 1;
+    return kExitFailed;
   }
-  return 0;
+  return kExitOk;
 }
 
 // Progress replies ({"progress": {"done", "total", "unit", "what"}}, streamed
@@ -184,7 +243,7 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
   if (!method.empty() || !to.empty()) {
     if (method.empty() || to.empty()) {
       std::cerr << "bosun send: --to and --method go together\n";
-      return 2;
+      return kExitUsage;
     }
     json m = {{"method", method}, {"methodArgs", args}};
     std::vector<std::string> nodes;
@@ -209,7 +268,7 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
       std::ifstream in(file);
       if (!in) {
         std::cerr << "bosun send: cannot read " << file << "\n";
-        return 2;
+        return kExitUsage;
       }
       std::stringstream ss;
       ss << in.rdbuf();
@@ -220,7 +279,7 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
     } catch (const json::parse_error& e) {
       std::cerr << "bosun send: " << (file.empty() ? "stdin" : file)
                 << " is not valid JSON: " << e.what() << "\n";
-      return 2;
+      return kExitUsage;
     }
   }
   json request = {{"op", "send"}, {"messages", messages}, {"wait", wait}};
@@ -229,8 +288,8 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
   int missing = 0;
   ProgressLine progress(!as_json && ::isatty(1) != 0);
   try {
-    NodeClient client(cfg.socket_path());
-    client.request(request, [&](const json& line) {
+    auto client = connect_node(cfg.socket_path());
+    client->request(request, [&](const json& line) {
       if (as_json) {
         std::cout << line.dump() << std::endl;
       }
@@ -280,28 +339,32 @@ int cmd_send(const std::string& config_file, const std::string& file, const std:
       return true;
     });
   } catch (const std::exception& e) {
-    std::cerr << "bosun send: " << e.what() << "\n";
-    return 2;
+    progress.clear();
+    return report_failure("bosun send", e);
   }
-  return failures + missing > 0 ? 1 : 0;
+  return failures + missing > 0 ? kExitFailed : kExitOk;
 }
 
 int cmd_plugins(const std::string& config_file, bool as_json) {
   Config cfg = load_or_exit(config_file);
   json result;
   try {
-    NodeClient client(cfg.socket_path());
-    client.request({{"op", "plugins"}}, [&](const json& line) {
+    auto client = connect_node(cfg.socket_path());
+    client->request({{"op", "plugins"}}, [&](const json& line) {
       result = line;
       return false;
     });
   } catch (const std::exception& e) {
-    std::cerr << "bosun plugins: " << e.what() << "\n";
-    return 2;
+    return report_failure("bosun plugins", e);
+  }
+  if (!result.is_object() || !result.contains("plugins") || !result["plugins"].is_array()) {
+    std::cerr << "bosun plugins: the node answered without a plugin list: " << result.dump()
+              << "\n";
+    return kExitFailed;
   }
   if (as_json) {
     std::cout << result["plugins"].dump(2) << "\n";
-    return 0;
+    return kExitOk;
   }
   std::vector<std::vector<std::string>> rows{{"NAME", "VERSION", "STATE", "METHODS", "REASON"}};
   for (const auto& p : result["plugins"]) {
@@ -312,8 +375,8 @@ int cmd_plugins(const std::string& config_file, bool as_json) {
     }
     rows.push_back({p["name"], p["version"], p["state"], methods, p.value("reason", "")});
   }
-  print_table(rows);
-  return 0;
+  print_table(rows, 2);
+  return kExitOk;
 }
 
 // Asks the local node to run `method` on itself and returns the reply data.
@@ -323,8 +386,8 @@ std::string call_self(const Config& cfg, const std::string& method) {
                   {"wait", true},
                   {"timeout", 10}};
   std::string data, error;
-  NodeClient client(cfg.socket_path());
-  client.request(request, [&](const json& line) {
+  auto client = connect_node(cfg.socket_path());
+  client->request(request, [&](const json& line) {
     std::string type = line.value("type", "");
     if (type == "result" && !line["errors"].empty()) {
       error = line["errors"][0].value("error", "rejected");
@@ -346,14 +409,16 @@ int cmd_nodes(const std::string& config_file, bool as_json) {
   json nodes;
   try {
     nodes = json::parse(call_self(cfg, "node_list"));
+  } catch (const NodeUnreachable& e) {
+    return report_failure("bosun nodes", e);
   } catch (const std::exception& e) {
     std::cerr << "bosun nodes: " << e.what()
               << " (the node registry lives in the beat module on the central node)\n";
-    return 1;
+    return kExitFailed;
   }
   if (as_json) {
     std::cout << nodes.dump(2) << "\n";
-    return 0;
+    return kExitOk;
   }
   std::vector<std::vector<std::string>> rows{
       {"NODE", "STATUS", "LAST SEEN", "HOSTNAME", "PLUGINS"}};
@@ -370,8 +435,8 @@ int cmd_nodes(const std::string& config_file, bool as_json) {
     rows.push_back(
         {n.value("node", "?"), n.value("status", "?"), ago, n.value("hostname", ""), plugins});
   }
-  print_table(rows);
-  return 0;
+  print_table(rows, 1);
+  return kExitOk;
 }
 
 // `bosun sign-plugin`: a new key pair, or the signature of a module file.
@@ -390,12 +455,12 @@ int cmd_sign_plugin(const std::string& new_key, const std::string& key_file,
                   << " (mode 0600); trust its public key with plugins.publisherKeys:\n";
         std::cout << public_key << std::endl;
       }
-      return 0;
+      return kExitOk;
     }
     if (key_file.empty() || module_file.empty()) {
       std::cerr << "bosun sign-plugin: give --key KEY.pem and --file MODULE.so (or --new-key "
                    "KEY.pem to make a key)\n";
-      return 2;
+      return kExitUsage;
     }
     Ed25519Key key = Ed25519Key::load(key_file);
     std::string bytes = read_file_bytes(module_file);
@@ -410,10 +475,11 @@ int cmd_sign_plugin(const std::string& new_key, const std::string& key_file,
     } else {
       std::cout << signature << std::endl;
     }
-    return 0;
+    return kExitOk;
   } catch (const std::exception& e) {
+    // A key or module file that cannot be read or used: an input error.
     std::cerr << "bosun sign-plugin: " << e.what() << "\n";
-    return 2;
+    return kExitUsage;
   }
 }
 
@@ -422,7 +488,7 @@ int cmd_update_plugin(const std::string& config_file, const std::string& to,
                       const std::string& sign_key, bool wait, bool as_json) {
   if (!signature_arg.empty() && !sign_key.empty()) {
     std::cerr << "bosun update-plugin: give --signature or --sign-key, not both\n";
-    return 2;
+    return kExitUsage;
   }
   Config cfg = load_or_exit(config_file);
   std::string name, version, bytes, signature = signature_arg;
@@ -435,7 +501,7 @@ int cmd_update_plugin(const std::string& config_file, const std::string& to,
     if (!sign_key.empty()) signature = base64_encode(Ed25519Key::load(sign_key).sign(bytes));
   } catch (const std::exception& e) {
     std::cerr << "bosun update-plugin: " << e.what() << "\n";
-    return 2;
+    return kExitUsage;
   }
   std::vector<std::string> nodes;
   std::stringstream ns(to);
@@ -458,8 +524,8 @@ int cmd_update_plugin(const std::string& config_file, const std::string& to,
   std::vector<std::vector<std::string>> rows{
       {"NODE", "PLUGIN", "FROM", "TO", "STATUS", "MS", "REASON"}};
   try {
-    NodeClient client(cfg.socket_path());
-    client.request(request, [&](const json& line) {
+    auto client = connect_node(cfg.socket_path());
+    client->request(request, [&](const json& line) {
       std::string type = line.value("type", "");
       if (type == "result") {
         for (const auto& e : line["errors"]) {
@@ -505,26 +571,52 @@ int cmd_update_plugin(const std::string& config_file, const std::string& to,
       return true;
     });
   } catch (const std::exception& e) {
-    std::cerr << "bosun update-plugin: " << e.what() << "\n";
-    return 2;
+    return report_failure("bosun update-plugin", e);
   }
-  if (!as_json && rows.size() > 1) print_table(rows);
-  return failures > 0 ? 1 : 0;
+  if (!as_json && rows.size() > 1) print_table(rows, 4);
+  return failures > 0 ? kExitFailed : kExitOk;
 }
 
-int cmd_watch(const std::string& config_file, const std::vector<std::string>& events) {
+// One event as a line: "<time> <node> <event> <payload>".
+void print_event(const json& body) {
+  std::string when = "?";
+  if (body.contains("time") && body["time"].is_number()) {
+    auto ms = body["time"].get<int64_t>();
+    std::time_t secs = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    ::localtime_r(&secs, &tm);
+    char buf[64];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    char millis[8];
+    std::snprintf(millis, sizeof millis, ".%03d", static_cast<int>(ms % 1000));
+    when = std::string(buf) + millis;
+  }
+  std::string event = body.value("event", "?");
+  json payload = body.value("payload", json::object());
+  std::cout << when << "  " << paint(body.value("node", "?"), "36") << "  " << paint(event, "1")
+            << "  " << payload.dump() << std::endl;
+}
+
+int cmd_watch(const std::string& config_file, const std::vector<std::string>& events,
+              bool as_json) {
   Config cfg = load_or_exit(config_file);
   try {
-    NodeClient client(cfg.socket_path());
-    client.request({{"op", "watch"}, {"events", events}}, [&](const json& line) {
-      if (line.value("type", "") == "event") std::cout << line["body"].dump() << std::endl;
+    auto client = connect_node(cfg.socket_path());
+    client->request({{"op", "watch"}, {"events", events}}, [&](const json& line) {
+      if (line.value("type", "") != "event") return true;
+      if (as_json) {
+        std::cout << line["body"].dump() << std::endl;
+      } else {
+        print_event(line["body"]);
+      }
       return true;
     });
   } catch (const std::exception& e) {
-    std::cerr << "bosun watch: " << e.what() << "\n";
-    return 2;
+    return report_failure("bosun watch", e);
   }
-  return 0;
+  // Only a node that stops ends a watch.
+  std::cerr << "bosun watch: the node closed the connection\n";
+  return kExitFailed;
 }
 
 // The socket of the node a config file names, from its "node" section
@@ -588,29 +680,28 @@ int cmd_reload(const std::string& config_file, bool as_json) {
       // Without a readable "node" section there is no node to ask.
       std::cerr << "bosun reload: refused " << config_file << ": " << e.what()
                 << "\nthe running config stays (the node was not asked: its socket is unknown)\n";
-      return 1;
+      return kExitUsage;
     }
     socket = *s;  // the node refuses it too, and logs and publishes that
   }
   json result;
   std::string error;
   try {
-    NodeClient client(socket);
-    client.request({{"op", "reload"}}, [&](const json& line) {
+    auto client = connect_node(socket);
+    client->request({{"op", "reload"}}, [&](const json& line) {
       std::string type = line.value("type", "");
       if (type == "reload") result = line.value("result", json::object());
       if (type == "error") error = line.value("error", "");
       return false;
     });
   } catch (const std::exception& e) {
-    std::cerr << "bosun reload: " << e.what() << "\n";
-    return 2;
+    return report_failure("bosun reload", e);
   }
   if (!result.is_object() || !result.contains("status")) {
     std::cerr << "bosun reload: "
               << (error.empty() ? "the node closed the connection without an answer" : error)
               << "\n";
-    return 2;
+    return kExitFailed;
   }
   if (as_json) {
     std::cout << result.dump() << std::endl;
@@ -618,7 +709,7 @@ int cmd_reload(const std::string& config_file, bool as_json) {
     print_reload(result);
   }
   std::string status = result.value("status", "");
-  return status == "reloaded" || status == "unchanged" ? 0 : 1;
+  return status == "reloaded" || status == "unchanged" ? kExitOk : kExitFailed;
 }
 
 int cmd_keys(const std::string& config_file, const std::string& action, const std::string& node,
@@ -626,27 +717,27 @@ int cmd_keys(const std::string& config_file, const std::string& action, const st
   if (action != "list" && node.empty()) {
     std::cerr << "bosun keys " << action << ": name the node, e.g. bosun keys --config "
               << config_file << " " << action << " ship1\n";
-    return 2;
+    return kExitUsage;
   }
+  Config cfg = load_or_exit(config_file);
   json result;
   try {
-    NodeClient client(load_config(config_file).socket_path());
-    client.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
+    auto client = connect_node(cfg.socket_path());
+    client->request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
       result = line;
       return false;
     });
   } catch (const std::exception& e) {
-    std::cerr << "bosun keys: " << e.what() << "\n";
-    return 2;
+    return report_failure("bosun keys", e);
   }
   if (result.contains("error")) {
     std::cerr << "bosun keys " << action << ": " << result.value("error", "") << "\n";
-    return 1;
+    return kExitFailed;
   }
   if (as_json) {
     result.erase("type");
     std::cout << result.dump() << std::endl;
-    return 0;
+    return kExitOk;
   }
   if (action != "list") std::cout << "key of " << node << " " << action << "ed\n";
   std::cout << "this node (" << result.value("node", "?") << "): " << result.value("publicKey", "")
@@ -664,7 +755,7 @@ int cmd_keys(const std::string& config_file, const std::string& action, const st
     std::cout << pad(r[0], w[0] + 2) << pad(r[1], w[1] + 2) << pad(r[2], w[2] + 2) << r[3] << "\n";
   }
   if (rows.size() == 1) std::cout << "(no peer keys yet: a node's key appears once it sends)\n";
-  return 0;
+  return kExitOk;
 }
 
 std::string default_node_name() {
@@ -678,14 +769,58 @@ std::string default_node_name() {
   return is_valid_token(name) ? name : "node1";
 }
 
+int cmd_config_init(const std::string& file, const std::string& name_arg, bool force) {
+  if (fs::exists(file) && !force) {
+    std::cerr << "bosun config init: " << file << " exists (use --force to overwrite)\n";
+    return kExitUsage;
+  }
+  std::string name = name_arg.empty() ? default_node_name() : name_arg;
+  if (!is_valid_token(name)) {
+    std::cerr << "bosun config init: \"" << name << "\" is not a valid node name\n";
+    return kExitUsage;
+  }
+  std::ofstream out(file, std::ios::trunc);
+  out << default_config_text(name);
+  if (!out) {
+    std::cerr << "bosun config init: cannot write " << file << "\n";
+    return kExitFailed;
+  }
+  std::cout << "wrote " << file << " (node \"" << name << "\")\n";
+  return kExitOk;
+}
+
+int cmd_config_check(const std::string& file, bool as_json) {
+  try {
+    Config c = load_config(file);
+    if (as_json) {
+      std::cout << json{{"ok", true}, {"file", c.file.string()}, {"node", c.node.name}}.dump()
+                << std::endl;
+    } else {
+      std::cout << "ok: " << file << " (node \"" << c.node.name << "\")\n";
+    }
+    return kExitOk;
+  } catch (const ConfigError& e) {
+    if (as_json) {
+      std::cout << json{{"ok", false}, {"file", file}, {"path", e.json_path()}, {"error", e.what()}}
+                       .dump()
+                << std::endl;
+    } else {
+      std::cerr << file << ": " << e.what() << "\n";
+    }
+    return kExitUsage;
+  }
+}
+
 }  // namespace
 
 int cli_main(int argc, char** argv) {
-  CLI::App app{
-      "bosun: a small, native node agent.\n\nExamples:\n"
-      "  bosun config init bosun.json\n"
-      "  bosun run --config bosun.json\n"
-      "  bosun send --config bosun.json --to ship1 --method ping --wait\n"};
+  CLI::App app{"bosun: a small, native node agent."};
+  app.footer(std::string("Examples:\n"
+                         "  bosun config init bosun.json\n"
+                         "  bosun run --config bosun.json\n"
+                         "  bosun send --config bosun.json --to ship1 --method ping --wait\n"
+                         "  bosun <subcommand> --help\n\n") +
+             kExitCodesHelp);
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("bosun ") + BOSUN_VERSION);
 
@@ -694,18 +829,26 @@ int cli_main(int argc, char** argv) {
   bool wait = false, as_json = false;
   double timeout = 0;
 
-  auto* run = app.add_subcommand("run",
-                                 "Run the node in the foreground.\n"
-                                 "Example: bosun run --config bosun.json");
+  // Every subcommand: a one-line description (listed by `bosun --help`) and
+  // a footer with at least one example (tests/cli_test.cpp checks).
+  auto* run = app.add_subcommand("run", "Run the node in the foreground (logs to stderr)");
+  run->footer(
+      "Under systemd (stderr is the journal) log lines carry <N> priority prefixes.\n"
+      "Examples:\n"
+      "  bosun run --config bosun.json\n"
+      "  bosun run --config /etc/bosun/bosun.json --log-level debug");
   run->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   run->add_option("--log-level", log_level, "trace|debug|info|warn|error|off (overrides log.level)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
-  auto* send = app.add_subcommand(
-      "send",
-      "Send messages through the local node.\n"
-      "Examples:\n  bosun send --config bosun.json msgs.json\n"
-      "  bosun send --config bosun.json --to ship1,ship2 --method cli_command --wait -- uname -a");
+  auto* send = app.add_subcommand("send", "Send messages through the local node");
+  send->footer(
+      "With --wait, prints each node's reply as it arrives; exits 1 if any failed or was late.\n"
+      "Examples:\n"
+      "  bosun send --config bosun.json msgs.json\n"
+      "  bosun send --config bosun.json --to ship1 --method ping --wait\n"
+      "  bosun send --config bosun.json --to ship1,ship2 --method cli_command --wait -- uname -a\n"
+      "  bosun send --config bosun.json --wait --json - < msgs.json");
   send->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   send->add_option("--to", to, "NODE[,NODE...] (with --method)");
   send->add_option("--method", method, "method to call (with --to)");
@@ -719,26 +862,33 @@ int cli_main(int argc, char** argv) {
   send->add_option("args", args, "methodArgs (after --)");
   send->positionals_at_end();
 
-  auto* plugins = app.add_subcommand("plugins",
-                                     "List the node's plugins, versions and states.\n"
-                                     "Example: bosun plugins --config bosun.json --json");
+  auto* plugins = app.add_subcommand("plugins", "List the node's plugins, versions and states");
+  plugins->footer(
+      "Examples:\n"
+      "  bosun plugins --config bosun.json\n"
+      "  bosun plugins --config bosun.json --json");
   plugins->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   plugins->add_flag("--json", as_json, "machine-readable output");
 
-  auto* nodes = app.add_subcommand("nodes",
-                                   "List the nodes the central node has heard from.\n"
-                                   "Example: bosun nodes --config central.json");
+  auto* nodes = app.add_subcommand("nodes", "List the nodes the central node has heard from");
+  nodes->footer(
+      "The registry lives in the beat module of the central node: ask that node.\n"
+      "Examples:\n"
+      "  bosun nodes --config central.json\n"
+      "  bosun nodes --config central.json --json");
   nodes->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   nodes->add_flag("--json", as_json, "machine-readable output");
 
   std::string module_file;
-  auto* update = app.add_subcommand(
-      "update-plugin",
-      "Ship a module to nodes and hot-update it there; prints each node's UpdateResult.\n"
+  auto* update =
+      app.add_subcommand("update-plugin", "Ship a module to nodes and hot-update it there");
+  update->footer(
+      "With --wait, prints each node's UpdateResult (updated, unchanged, failed, rolled_back);\n"
+      "exits 1 if any failed or did not answer.\n"
       "Examples:\n"
       "  bosun update-plugin --config central.json --to ship1,ship2 --file hello.so --wait\n"
       "  bosun update-plugin --config central.json --to ship1 --file hello.so --sign-key "
-      "publisher.pem --wait");
+      "publisher.pem --wait --json");
   update->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   update->add_option("--to", to, "NODE[,NODE...]")->required();
   update
@@ -756,15 +906,15 @@ int cli_main(int argc, char** argv) {
                      "sign the file here with this Ed25519 private key (PEM) instead");
 
   std::string new_key, key_file;
-  auto* sign = app.add_subcommand(
-      "sign-plugin",
-      "Sign a module file with an Ed25519 private key (PKCS#8 PEM) and print the base64\n"
-      "signature, for nodes with plugins.requireSignature; or make a new key pair and print\n"
-      "the base64 public key to list in plugins.publisherKeys.\n"
-      "Examples:\n  bosun sign-plugin --new-key publisher.pem\n"
-      "  bosun sign-plugin --key publisher.pem --file hello.so\n"
-      "  bosun update-plugin --config central.json --to ship1 --file hello.so --sign-key "
-      "publisher.pem --wait");
+  auto* sign =
+      app.add_subcommand("sign-plugin", "Sign a module file, or make a publisher key pair");
+  sign->footer(
+      "Signs with an Ed25519 private key (PKCS#8 PEM) and prints the base64 signature, for\n"
+      "nodes with plugins.requireSignature; --new-key prints the base64 public key to list in\n"
+      "plugins.publisherKeys.\n"
+      "Examples:\n"
+      "  bosun sign-plugin --new-key publisher.pem\n"
+      "  bosun sign-plugin --key publisher.pem --file hello.so");
   auto* new_key_opt = sign->add_option(
       "--new-key", new_key,
       "write a new private key to this file (mode 0600, never replacing one); print its "
@@ -776,26 +926,37 @@ int cli_main(int argc, char** argv) {
                  "one JSON object: {file, sha256, signature, publicKey} (with --new-key: "
                  "{privateKeyFile, publicKey})");
 
-  auto* watch = app.add_subcommand("watch",
-                                   "Print the node's events as they happen.\n"
-                                   "Example: bosun watch --config bosun.json update_result");
+  auto* watch = app.add_subcommand("watch", "Print the node's events as they happen");
+  watch->footer(
+      "Runs until interrupted; exits 1 when the node stops.\n"
+      "Examples:\n"
+      "  bosun watch --config bosun.json\n"
+      "  bosun watch --config central.json --json update_result node_added node_removed");
   watch->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
+  watch->add_flag("--json", as_json, "one event JSON object per line");
   watch->add_option("events", events, "event names to show (default: all)");
 
-  auto* reload = app.add_subcommand(
-      "reload",
-      "Make the running node re-read its config file (as SIGHUP does) and print what changed:\n"
-      "modules loaded, unloaded, settings updated; exits non-zero when the config is refused\n"
-      "(the running one stays) or a change failed.\n"
-      "Example: bosun reload --config bosun.json");
+  auto* reload =
+      app.add_subcommand("reload", "Make the running node re-read its config file (as SIGHUP)");
+  reload->footer(
+      "Prints what changed: modules loaded, unloaded, settings updated, and what needs a\n"
+      "restart; exits 1 when the node refuses the config (the running one stays) or a change\n"
+      "failed.\n"
+      "Examples:\n"
+      "  bosun reload --config bosun.json\n"
+      "  bosun reload --config bosun.json --json");
   reload->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
   reload->add_flag("--json", as_json, "the outcome as one JSON object");
 
   std::string keys_action, keys_node;
   auto* keys = app.add_subcommand(
       "keys",
-      "See and decide which peers' keys this node trusts (pending until accepted).\n"
-      "Examples:\n  bosun keys --config central.json list\n"
+      "See and decide which peers' keys this node trusts (pending until accepted)");
+  keys->footer(
+      "A node's key is pending on the central node until an operator accepts it there; the\n"
+      "central node then hands the keys it accepted to every node. Exits 1 on an unknown node.\n"
+      "Examples:\n"
+      "  bosun keys --config central.json list\n"
       "  bosun keys --config central.json accept ship1\n"
       "  bosun keys --config central.json reject ship9");
   keys->add_option("--config", config_file, "config file")->required()->check(CLI::ExistingFile);
@@ -805,31 +966,42 @@ int cli_main(int argc, char** argv) {
   keys->add_option("node", keys_node, "the node whose key to accept or reject");
   keys->add_flag("--json", as_json, "machine-readable output");
 
-  auto* config = app.add_subcommand("config", "Write or check a config file.");
+  auto* config = app.add_subcommand("config", "Write or check a config file");
+  config->footer(
+      "Examples:\n"
+      "  bosun config init bosun.json --name ship1\n"
+      "  bosun config check --config bosun.json");
   config->require_subcommand(1);
-  auto* init = config->add_subcommand(
-      "init", "Write a default config.\nExample: bosun config init bosun.json");
+  auto* init = config->add_subcommand("init", "Write a default config, every key listed");
+  init->footer(
+      "Examples:\n"
+      "  bosun config init bosun.json\n"
+      "  bosun config init /etc/bosun/bosun.json --name ship1 --force");
   std::string init_file = "bosun.json", init_name;
   bool force = false;
   init->add_option("file", init_file, "where to write it (default bosun.json)");
   init->add_option("--name", init_name, "node name (default: this host's name)");
   init->add_flag("--force", force, "overwrite an existing file");
-  auto* check =
-      config->add_subcommand("check",
-                             "Validate a config; names the JSON path of the first error.\n"
-                             "Example: bosun config check --config bosun.json");
+  auto* check = config->add_subcommand(
+      "check", "Validate a config; names the JSON path of the first error (exit 2)");
+  check->footer(
+      "Examples:\n"
+      "  bosun config check --config bosun.json\n"
+      "  bosun config check --config bosun.json --json");
   check->add_option("--config", config_file, "config file")->required();
+  check->add_flag("--json", as_json, "{ok, file, node} or {ok, file, path, error}");
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every other parse error is a usage error.
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
 
   if (run->parsed()) return cmd_run(config_file, log_level);
   if (send->parsed()) return cmd_send(config_file, file, to, method, args, wait, timeout, as_json);
   if (plugins->parsed()) return cmd_plugins(config_file, as_json);
-  if (watch->parsed()) return cmd_watch(config_file, events);
+  if (watch->parsed()) return cmd_watch(config_file, events, as_json);
   if (nodes->parsed()) return cmd_nodes(config_file, as_json);
   if (update->parsed()) {
     return cmd_update_plugin(config_file, to, module_file, signature, sign_key, wait, as_json);
@@ -837,36 +1009,9 @@ int cli_main(int argc, char** argv) {
   if (sign->parsed()) return cmd_sign_plugin(new_key, key_file, module_file, as_json);
   if (reload->parsed()) return cmd_reload(config_file, as_json);
   if (keys->parsed()) return cmd_keys(config_file, keys_action, keys_node, as_json);
-  if (init->parsed()) {
-    if (fs::exists(init_file) && !force) {
-      std::cerr << "bosun config init: " << init_file << " exists (use --force to overwrite)\n";
-      return 1;
-    }
-    std::string name = init_name.empty() ? default_node_name() : init_name;
-    if (!is_valid_token(name)) {
-      std::cerr << "bosun config init: \"" << name << "\" is not a valid node name\n";
-      return 2;
-    }
-    std::ofstream out(init_file, std::ios::trunc);
-    out << default_config_text(name);
-    if (!out) {
-      std::cerr << "bosun config init: cannot write " << init_file << "\n";
-      return 1;
-    }
-    std::cout << "wrote " << init_file << " (node \"" << name << "\")\n";
-    return 0;
-  }
-  if (check->parsed()) {
-    try {
-      Config c = load_config(config_file);
-      std::cout << "ok: " << config_file << " (node \"" << c.node.name << "\")\n";
-      return 0;
-    } catch (const ConfigError& e) {
-      std::cerr << config_file << ": " << e.what() << "\n";
-      return 1;
-    }
-  }
-  return 2;
+  if (init->parsed()) return cmd_config_init(init_file, init_name, force);
+  if (check->parsed()) return cmd_config_check(config_file, as_json);
+  return kExitUsage;
 }
 
 }  // namespace bosun::host
