@@ -50,7 +50,8 @@ import json, sys
 goals = {
     "abi": [("added_ns", "<", 100, "ns added per call by the ABI")],
     "messaging": [("rps_ratio", ">=", 0.5, "bosun requests/s over raw nats.c"),
-                  ("p50_ratio", "<=", 3, "bosun p50 latency over raw nats.c")],
+                  ("p50_ratio", "<=", 3, "bosun p50 latency over raw nats.c"),
+                  ("security_rps_ratio", ">=", 0.75, "requests/s signed over security.sign off")],
     "swap": [("swap_p50_ms", "<", 10, "swap p50, verified file to new version serving, probe excluded")],
     "filecopy": [("sender_hwm_kib", "<", 65536, "sender peak RSS (KiB) copying 256 MiB"),
                  ("receiver_hwm_kib", "<", 65536, "receiver peak RSS (KiB) copying 256 MiB")],

@@ -34,7 +34,7 @@ Outcome run(const std::vector<std::string>& argv, std::chrono::milliseconds time
 }
 
 // Objects whose keys are names the operator chooses, not config keys.
-const std::set<std::string> kMaps = {"security.allow", "extensions"};
+const std::set<std::string> kMaps = {"security.allow", "extensions", "security.keys"};
 
 void flatten(const json& j, const std::string& path, std::set<std::string>& out) {
   for (const auto& [key, value] : j.items()) {

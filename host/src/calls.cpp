@@ -248,7 +248,8 @@ bool Node::Impl::cancel_call(const std::string& id) {
 bool Node::Impl::send_reply(const Message& req, std::string data, bool final, uint32_t seq,
                             const std::string& error, const std::string& done_id) {
   // A reply method's own output goes nowhere: replies never get replies.
-  if (req.is_reply) {
+  // Nor do the host's own key messages: the envelope is their answer.
+  if (req.is_reply || req.method == "announce_key" || req.method == "key_set") {
     if (!error.empty()) {
       spdlog::error("reply method {} for {} (reply to {}) failed: {}", req.method, req.from_node,
                     req.in_reply_to, error);

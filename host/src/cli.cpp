@@ -950,8 +950,7 @@ int cli_main(int argc, char** argv) {
 
   std::string keys_action, keys_node;
   auto* keys = app.add_subcommand(
-      "keys",
-      "See and decide which peers' keys this node trusts (pending until accepted)");
+      "keys", "See and decide which peers' keys this node trusts (pending until accepted)");
   keys->footer(
       "A node's key is pending on the central node until an operator accepts it there; the\n"
       "central node then hands the keys it accepted to every node. Exits 1 on an unknown node.\n"

@@ -327,6 +327,9 @@ struct Transport::Impl {
     check(natsOptions_SetName(opts, ("bosun:" + node).c_str()), "connection name");
     // Without it every publish waits for nats.c's flusher: ~1 ms instead of ~90 µs a round trip.
     check(natsOptions_SetSendAsap(opts, true), "send asap");
+    // Inboxes under _INBOX.<node>., so NATS permissions can give each node
+    // its own ACKs only (docs/operating.md, "NATS permissions").
+    check(natsOptions_SetCustomInboxPrefix(opts, ("_INBOX." + node).c_str()), "inbox prefix");
 
     if (!config.user.empty() || !config.password.empty()) {
       check(natsOptions_SetUserInfo(opts, config.user.c_str(), config.password.c_str()),
@@ -544,9 +547,10 @@ bool Transport::publish(const std::string& subject, std::string_view data,
 std::string Transport::new_inbox() {
   natsInbox* inbox = nullptr;
   if (natsInbox_Create(&inbox) != NATS_OK) throw TransportError("new_inbox: out of memory");
-  std::string out = inbox;
+  std::string out = inbox;  // "_INBOX.<unique>"
   natsInbox_Destroy(inbox);
-  return out;
+  // Under this node's own prefix, as the connection's other inboxes are.
+  return "_INBOX." + impl_->node + out.substr(out.find('.'));
 }
 
 bool Transport::flush(std::chrono::milliseconds timeout) {
