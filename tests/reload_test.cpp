@@ -511,9 +511,10 @@ TEST(ReloadProcessTest, BosunReloadPrintsWhatChangedAndFailsOnARefusal) {
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].value("data", ""), "hello from n1 (hello 1.0.0)");
 
-  // A file so broken that its node cannot be found: refused locally.
+  // A file so broken that its node cannot be found: refused locally, a
+  // config error (exit code 2, docs/operating.md "Exit codes").
   test::write_file(file, "{");
-  EXPECT_EQ(bosun_reload({}, &out), 1) << out;
+  EXPECT_EQ(bosun_reload({}, &out), 2) << out;
   EXPECT_NE(out.find("the node was not asked: its socket is unknown"), std::string::npos) << out;
 }
 

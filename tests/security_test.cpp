@@ -272,6 +272,38 @@ TEST_F(SecurityTest, AKeyPinnedInTheConfigRefusesEveryOtherKeyForThatName) {
   EXPECT_EQ(key_state(ship1, "central"), "accepted/config");
 }
 
+TEST_F(SecurityTest, SecurityAllowChangesOnReloadWithoutARestart) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.start();
+  ship1.start();
+  ship2.start();
+  enrol(central, ship1);
+  enrol(central, ship2);
+  ASSERT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "accepted/central"; }, 10s));
+  // By default only central may invoke methods on ship1.
+  auto refused_ping = final_replies(ship2.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(refused_ping.size(), 1u);
+  EXPECT_NE(refused_ping[0].value("error", "").find("ship2 may not invoke ping on ship1"),
+            std::string::npos)
+      << refused_ping[0].dump();
+  pid_t pid = ship1.pid();
+  ship1.config()["security"] = {{"allow", {{"central", {"*"}}, {"ship2", {"ping"}}}}};
+  ship1.write_config();
+  ship1.signal(SIGHUP);
+  ASSERT_TRUE(
+      wait_until([&] { return ship1.log().find("$.security.allow") != std::string::npos; }, 10s));
+  auto finals = final_replies(ship2.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  EXPECT_EQ(finals[0]["data"], "pong") << finals[0].dump();
+  EXPECT_EQ(ship1.pid(), pid) << "the node restarted";
+  // ... and ping only.
+  auto other = final_replies(ship2.send(json::array({message("ship1", "plugin_list")})));
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].value("status", ""), "error");
+}
+
 TEST_F(SecurityTest, AnUnknownKeyInAConfigIsANamedError) {
   ClusterNode& central = add("central");
   central.config()["security"] = {{"keys", {{"ship1", "not-a-key"}}}};

@@ -32,7 +32,8 @@ std::vector<std::string> restart_paths(const Config& a, const Config& b) {
   field(a.plugins.dir == b.plugins.dir, "$.plugins.dir");
   field(a.plugins.require_signature == b.plugins.require_signature, "$.plugins.requireSignature");
   field(a.plugins.publisher_keys == b.plugins.publisher_keys, "$.plugins.publisherKeys");
-  field(a.security == b.security, "$.security");
+  // security.allow, allowSkew, autoAccept and keys are live.
+  field(a.security.sign == b.security.sign, "$.security.sign");
   field(a.metrics == b.metrics, "$.metrics");
   field(a.storage.sync == b.storage.sync, "$.storage.sync");
   field(a.storage.sync_interval_ms == b.storage.sync_interval_ms, "$.storage.syncInterval");
@@ -59,6 +60,8 @@ std::vector<std::string> restart_paths(const Config& a, const Config& b) {
   la.defaults = b.defaults;
   la.host.drain_timeout_ms = b.host.drain_timeout_ms;
   la.plugins.probation_ms = b.plugins.probation_ms;
+  la.security = b.security;
+  la.security.sign = a.security.sign;
   section(la.plugins == b.plugins, "$.plugins");
   section(la.host == b.host, "$.host");
   section(la == b, "$");
@@ -80,6 +83,10 @@ std::vector<std::string> live_paths(const Config& a, const Config& b) {
   field(x.reply_method_timeout_s == y.reply_method_timeout_s, "$.defaults.replyMethodTimeout");
   field(a.host.drain_timeout_ms == b.host.drain_timeout_ms, "$.host.drainTimeout");
   field(a.plugins.probation_ms == b.plugins.probation_ms, "$.plugins.probation");
+  field(a.security.allow == b.security.allow, "$.security.allow");
+  field(a.security.allow_skew_s == b.security.allow_skew_s, "$.security.allowSkew");
+  field(a.security.auto_accept == b.security.auto_accept, "$.security.autoAccept");
+  field(a.security.keys == b.security.keys, "$.security.keys");
   return out;
 }
 
@@ -295,6 +302,10 @@ json Node::Impl::reload() {
     updated->defaults = next.defaults;
     updated->host.drain_timeout_ms = next.host.drain_timeout_ms;
     updated->plugins.probation_ms = next.plugins.probation_ms;
+    const bool sign = updated->security.sign;
+    updated->security = next.security;
+    updated->security.sign = sign;  // needs a restart
+    if (trust) trust->configure(updated->security);
     std::lock_guard<std::mutex> lock(config_mu);
     running_config = std::move(updated);
   }
