@@ -145,6 +145,7 @@ bool Node::Impl::send_remote(Message m, const std::string& done_id) {
     });
   }
   counters.sent++;
+  count_message(MessageEvent::sent, m, m.to_node);
   publish_attempt(std::move(m), std::move(bytes));
   return !done_id.empty();
 }
@@ -198,6 +199,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
   }
   if (resend) {
     counters.retried++;
+    count_message(MessageEvent::retried, out->msg, out->msg.to_node);
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
     if (auto t = bus()) t->publish(out->subject, out->bytes, ack_inbox + "." + out->msg.id);
@@ -210,6 +212,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
 
 void Node::Impl::give_up(const Message& m, const std::string& why) {
   counters.failed++;
+  count_message(MessageEvent::failed, m, m.to_node);
   store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
                      log_failure("outbox: cannot remove " + m.id));
   std::string text = "message " + m.id + " (" + m.method + ") from " + m.from_node + " to " +
@@ -289,6 +292,7 @@ void Node::Impl::on_ack(Incoming&& in) {
       deadlines.cancel(out->ack_deadline);
     }
     counters.acked++;
+    count_message(MessageEvent::acked, out->msg, out->msg.to_node);
     acked_ids.push_back(id);
     if (nak) {
       // The receiver will never take it: no point in resending.
@@ -306,8 +310,9 @@ void Node::Impl::on_ack(Incoming&& in) {
 }
 
 void Node::Impl::drop_incoming(const std::string& subject, const std::string& reply,
-                               const std::string& why) {
+                               const std::string& why, std::string_view reason) {
   counters.dropped++;
+  count_refused(reason);
   spdlog::warn("dropped a message on {}: {}", subject, why);
   // Tell the sender when it asked for an ACK, so it stops resending.
   if (auto t = bus(); t && !reply.empty()) t->publish(reply, "NAK " + why);
@@ -329,10 +334,11 @@ void Node::Impl::on_incoming(Incoming&& in) {
   if (in.data.size() > static_cast<size_t>(config.host.max_message_bytes)) {
     return drop_incoming(
         in.subject, in.reply,
-        "message of " + std::to_string(in.data.size()) + " bytes exceeds host.maxMessageBytes");
+        "message of " + std::to_string(in.data.size()) + " bytes exceeds host.maxMessageBytes",
+        "too_large");
   }
   nlohmann::json doc = nlohmann::json::parse(in.data, nullptr, false);
-  if (doc.is_discarded()) return drop_incoming(in.subject, in.reply, "not valid JSON");
+  if (doc.is_discarded()) return drop_incoming(in.subject, in.reply, "not valid JSON", "bad_json");
   Message m;
   try {
     m = parse_message(doc, "message");
@@ -341,23 +347,27 @@ void Node::Impl::on_incoming(Incoming&& in) {
   }
   if (m.to_node != config.node.name) {
     return drop_incoming(in.subject, in.reply,
-                         "addressed to node \"" + m.to_node + "\", not " + config.node.name);
+                         "addressed to node \"" + m.to_node + "\", not " + config.node.name,
+                         "wrong_node");
   }
   if (m.id.empty() || !is_valid_token(m.id)) {
-    return drop_incoming(in.subject, in.reply, "no valid \"id\"");
+    return drop_incoming(in.subject, in.reply, "no valid \"id\"", "bad_id");
   }
   if (m.id.size() > kMaxIdBytes) {
     return drop_incoming(in.subject, in.reply,
                          "\"id\" of " + std::to_string(m.id.size()) + " bytes is over the " +
-                             std::to_string(kMaxIdBytes) + "-byte limit");
+                             std::to_string(kMaxIdBytes) + "-byte limit",
+                         "bad_id");
   }
   if (m.from_node.empty()) return drop_incoming(in.subject, in.reply, "no \"fromNode\"");
   std::string expected_subject =
       config.broker.subject_prefix + ".req." + m.to_node + "." + m.method;
   if (in.subject != expected_subject) {
     return drop_incoming(in.subject, in.reply,
-                         "method \"" + m.method + "\" does not match the subject");
+                         "method \"" + m.method + "\" does not match the subject",
+                         "subject_mismatch");
   }
+  count_message(MessageEvent::received, m, m.from_node);
   received_batch.push_back(Received{std::move(m), std::move(in.reply), std::move(in.data)});
 }
 
