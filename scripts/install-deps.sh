@@ -18,6 +18,7 @@ packages=(
   prometheus-cpp-dev
   clang-format
   python3
+  ansible-core
 )
 
 missing=()
