@@ -39,6 +39,7 @@ constexpr int kShips = 100;
 constexpr int kRounds = 10;
 constexpr int kStarts = 5;
 constexpr int kMaxPids = 256;
+constexpr unsigned kMaxSeconds = 600;
 
 // Every child we started, for the signal handler.
 std::atomic<pid_t> g_pids[kMaxPids];
@@ -58,6 +59,10 @@ void untrack(pid_t pid) {
 }
 
 extern "C" void on_fatal_signal(int sig) {
+  static const char msg[] =
+      "fleet_bench: stopped by a signal (SIGALRM: the run took too long); "
+      "killing every process it started\n";
+  [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof msg - 1);
   for (auto& p : g_pids) {
     pid_t pid = p.load();
     if (pid > 0) ::kill(pid, SIGKILL);
@@ -103,11 +108,20 @@ double fan_out(bench::Node& central, const json& message, int expect, int* bad) 
 
 // Fields of /proc/<pid>/status, in KiB (Threads as a count).
 struct Mem {
-  long rss = -1, anon = -1, file = -1, threads = -1;
+  long rss = -1, anon = -1, file = -1, threads = -1, pss = -1;
 };
+// Pss of /proc/<pid>/smaps_rollup in KiB: shared pages divided among the
+// processes that map them, what the node really costs the machine.
+long pss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Pss:", 0) == 0) return std::stol(line.substr(4));
+  }
+  return -1;
+}
 Mem mem_of(pid_t pid) {
   return {bench::status_kib(pid, "VmRSS"), bench::status_kib(pid, "RssAnon"),
-          bench::status_kib(pid, "RssFile"), bench::status_kib(pid, "Threads")};
+          bench::status_kib(pid, "RssFile"), bench::status_kib(pid, "Threads"), pss_kib(pid)};
 }
 
 // A node's start: spawn -> socket answers status; spawn -> pong from central.
@@ -219,12 +233,13 @@ int run() {
   json ping = {{"toNodes", ships}, {"method", "ping"}};
   json cli = {{"toNodes", ships}, {"method", "cli_command"}, {"methodArgs", {"true"}}};
   int bad = 0;
+  std::printf("warm-up rounds\n");
   fan_out(central, ping, kShips, &bad);  // warm-up: subscriptions, connections, page cache
   fan_out(central, cli, kShips, &bad);
 
   // Idle: after the warm-up, nothing running for a while.
   std::this_thread::sleep_for(2s);
-  Samples rss, anon, file;
+  Samples rss, anon, file, pss;
   long threads = 0;
   for (size_t i = 1; i < nodes.size(); ++i) {
     Mem m = mem_of(nodes[i]->pid());
@@ -232,13 +247,17 @@ int run() {
     rss.v.push_back(static_cast<double>(m.rss));
     anon.v.push_back(static_cast<double>(m.anon));
     file.v.push_back(static_cast<double>(m.file));
+    pss.v.push_back(static_cast<double>(m.pss));
     threads = std::max(threads, m.threads);
   }
   std::printf(
       "idle VmRSS per ship: median %.0f KiB, max %.0f (RssAnon median %.0f, RssFile median "
       "%.0f; %ld threads)\n",
       rss.pct(0.5), rss.pct(1), anon.pct(0.5), file.pct(0.5), threads);
+  std::printf("idle Pss per ship (shared pages divided among the %zu processes): median %.0f KiB\n",
+              nodes.size(), pss.pct(0.5));
 
+  std::printf("%d rounds of each\n", kRounds);
   Samples ping_r, cli_r;
   for (int i = 0; i < kRounds; ++i) {
     double p = fan_out(central, ping, kShips, &ping_r.failed);
@@ -288,12 +307,13 @@ int run() {
       "{\"bench\": \"fleet\", \"nodes\": %d, \"rounds\": %d, \"ping_p50_ms\": %.1f, "
       "\"ping_max_ms\": %.1f, \"cli_true_p50_ms\": %.1f, \"cli_true_max_ms\": %.1f, "
       "\"failed_rounds\": %d, \"idle_rss_median_kib\": %.0f, \"idle_rss_max_kib\": %.0f, "
-      "\"idle_rss_anon_median_kib\": %.0f, \"idle_rss_file_median_kib\": %.0f, \"threads\": %ld, "
+      "\"idle_rss_anon_median_kib\": %.0f, \"idle_rss_file_median_kib\": %.0f, "
+      "\"idle_pss_median_kib\": %.0f, \"threads\": %ld, "
       "\"start_ready_p50_ms\": %.1f, \"start_serve_p50_ms\": %.1f, \"start_serve_max_ms\": %.1f, "
       "\"all_up_ms\": %.0f, \"ansible_ms\": %.0f, \"ansible_to_bosun_cli\": %.1f}\n",
       kShips, kRounds, ping_r.pct(0.5), ping_r.pct(1), cli_r.pct(0.5), cli_r.pct(1),
-      ping_r.failed + cli_r.failed, rss.pct(0.5), rss.pct(1), anon.pct(0.5), file.pct(0.5), threads,
-      ready.pct(0.5), serve.pct(0.5), serve.pct(1), all_up_ms, ansible_ms,
+      ping_r.failed + cli_r.failed, rss.pct(0.5), rss.pct(1), anon.pct(0.5), file.pct(0.5),
+      pss.pct(0.5), threads, ready.pct(0.5), serve.pct(0.5), serve.pct(1), all_up_ms, ansible_ms,
       ansible_ms > 0 && cli_r.pct(0.5) > 0 ? ansible_ms / cli_r.pct(0.5) : -1.0);
   return ping_r.failed + cli_r.failed + serve.failed + bad == 0 ? 0 : 1;
 }
@@ -302,10 +322,13 @@ int run() {
 
 int main() {
   spdlog::set_level(spdlog::level::warn);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it comes, also into a pipe
   struct sigaction sa {};
   sa.sa_handler = on_fatal_signal;
   sigemptyset(&sa.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGALRM}) ::sigaction(sig, &sa, nullptr);
+  // Bounded as a whole: a node that wedges ends the run (and every process).
+  ::alarm(kMaxSeconds);
   try {
     return run();
   } catch (const std::exception& e) {
