@@ -80,7 +80,8 @@ for line in sys.stdin:
         print(f"{name:>10}: {what}: {key} = {v} (goal {op} {goal}) {status}")
     for key, what in notes.get(r.get("bench"), []):
         if r.get(key) is not None:
-            print(f"{r['bench']:>10}: {what}: {key} = {r[key]}")
+            name = r["bench"]
+            print(f"{name:>10}: {what}: {key} = {r[key]}")
 '
 fi
 if [[ ${#failed[@]} -gt 0 ]]; then
