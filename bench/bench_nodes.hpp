@@ -54,7 +54,8 @@ class Node {
   }
 
   // Waits until the socket answers a status request.
-  void wait_ready(std::chrono::milliseconds timeout) {
+  void wait_ready(std::chrono::milliseconds timeout,
+                  std::chrono::milliseconds step = std::chrono::milliseconds(20)) {
     bool up = bosun::test::wait_until(
         [&] {
           if (!fs::exists(socket())) return false;
@@ -70,7 +71,7 @@ class Node {
             return false;
           }
         },
-        timeout, std::chrono::milliseconds(20));
+        timeout, step);
     if (!up) throw std::runtime_error("node " + name_ + " did not come up; see " + log().string());
   }
 

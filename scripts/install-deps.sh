@@ -19,6 +19,7 @@ packages=(
   clang-format
   clang libclang-rt-14-dev
   python3
+  ansible-core
 )
 
 missing=()

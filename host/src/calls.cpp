@@ -126,6 +126,8 @@ void Node::Impl::run_call(const std::shared_ptr<bosun_call>& call) {
   if (call->cancelled.load()) {
     status = BOSUN_ERR_CANCELLED;  // timed out or stopped while queued
   } else {
+    const auto t0 =
+        metrics ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     try {
       if (call->entry.builtin) {
         status = call->entry.builtin(call.get());
@@ -141,6 +143,11 @@ void Node::Impl::run_call(const std::shared_ptr<bosun_call>& call) {
       std::lock_guard<std::mutex> lock(call->mu);
       call->error = "handler threw an unknown exception across the ABI";
       status = BOSUN_ERR_HANDLER;
+    }
+    if (metrics) {
+      metrics->observe_handler(
+          call->entry.name,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
   }
   finish_call(call, status);

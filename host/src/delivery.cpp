@@ -145,6 +145,7 @@ bool Node::Impl::send_remote(Message m, const std::string& done_id) {
     });
   }
   counters.sent++;
+  count_message(MessageEvent::sent, m, m.to_node);
   publish_attempt(std::move(m), std::move(bytes));
   return !done_id.empty();
 }
@@ -199,6 +200,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
   }
   if (resend) {
     counters.retried++;
+    count_message(MessageEvent::retried, out->msg, out->msg.to_node);
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
     if (auto t = bus()) {
@@ -213,6 +215,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
 
 void Node::Impl::give_up(const Message& m, const std::string& why) {
   counters.failed++;
+  count_message(MessageEvent::failed, m, m.to_node);
   store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
                      log_failure("outbox: cannot remove " + m.id));
   std::string text = "message " + m.id + " (" + m.method + ") from " + m.from_node + " to " +
@@ -297,7 +300,7 @@ void Node::Impl::on_ack(Incoming&& in) {
       auto it = outgoing.find(id);
       if (it == outgoing.end()) continue;  // a late duplicate ACK
       if (identity && it->second->msg.to_node != signer) {
-        counters.count_refused("impersonation");
+        count_refused("impersonation");
         spdlog::warn("ignored an ACK for {} from {}: the message went to {}", id, signer,
                      it->second->msg.to_node);
         continue;
@@ -307,6 +310,7 @@ void Node::Impl::on_ack(Incoming&& in) {
       deadlines.cancel(out->ack_deadline);
     }
     counters.acked++;
+    count_message(MessageEvent::acked, out->msg, out->msg.to_node);
     acked_ids.push_back(id);
     if (nak) {
       // The receiver will never take it: no point in resending.
@@ -324,8 +328,10 @@ void Node::Impl::on_ack(Incoming&& in) {
 }
 
 void Node::Impl::drop_incoming(const std::string& subject, const std::string& reply,
-                               const std::string& why) {
+                               const std::string& why, std::string_view reason) {
   counters.dropped++;
+  if (!reason.empty()) count_refused(reason);  // empty: counted already
+
   spdlog::warn("dropped a message on {}: {}", subject, why);
   // Tell the sender when it asked for an ACK, so it stops resending.
   if (auto t = bus(); t && !reply.empty()) t->publish(reply, seal(reply, "NAK " + why));
@@ -347,16 +353,18 @@ void Node::Impl::on_incoming(Incoming&& in) {
   if (in.data.size() > static_cast<size_t>(config.host.max_message_bytes)) {
     return drop_incoming(
         in.subject, in.reply,
-        "message of " + std::to_string(in.data.size()) + " bytes exceeds host.maxMessageBytes");
+        "message of " + std::to_string(in.data.size()) + " bytes exceeds host.maxMessageBytes",
+        "too_large");
   }
   // The signature first: nothing else is believed or even parsed before it.
+  // (open_envelope counts its refusals by reason itself.)
   std::string signer, why;
   std::string_view body;
   if (!open_envelope(in, true, false, signer, body, &why)) {
-    return drop_incoming(in.subject, in.reply, why);
+    return drop_incoming(in.subject, in.reply, why, {});
   }
   nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
-  if (doc.is_discarded()) return drop_incoming(in.subject, in.reply, "not valid JSON");
+  if (doc.is_discarded()) return drop_incoming(in.subject, in.reply, "not valid JSON", "bad_json");
   Message m;
   try {
     m = parse_message(doc, "message");
@@ -365,32 +373,35 @@ void Node::Impl::on_incoming(Incoming&& in) {
   }
   if (m.to_node != config.node.name) {
     return drop_incoming(in.subject, in.reply,
-                         "addressed to node \"" + m.to_node + "\", not " + config.node.name);
+                         "addressed to node \"" + m.to_node + "\", not " + config.node.name,
+                         "wrong_node");
   }
   if (m.id.empty() || !is_valid_token(m.id)) {
-    return drop_incoming(in.subject, in.reply, "no valid \"id\"");
+    return drop_incoming(in.subject, in.reply, "no valid \"id\"", "bad_id");
   }
   if (m.id.size() > kMaxIdBytes) {
     return drop_incoming(in.subject, in.reply,
                          "\"id\" of " + std::to_string(m.id.size()) + " bytes is over the " +
-                             std::to_string(kMaxIdBytes) + "-byte limit");
+                             std::to_string(kMaxIdBytes) + "-byte limit",
+                         "bad_id");
   }
   if (m.from_node.empty()) return drop_incoming(in.subject, in.reply, "no \"fromNode\"");
   if (identity && m.from_node != signer) {
-    counters.count_refused("impersonation");
     return drop_incoming(in.subject, in.reply,
-                         "\"fromNode\" " + m.from_node + " is not the signer " + signer);
+                         "\"fromNode\" " + m.from_node + " is not the signer " + signer,
+                         "impersonation");
   }
   std::string expected_subject =
       config.broker.subject_prefix + ".req." + m.to_node + "." + m.method;
   if (in.subject != expected_subject) {
     return drop_incoming(in.subject, in.reply,
-                         "method \"" + m.method + "\" does not match the subject");
+                         "method \"" + m.method + "\" does not match the subject",
+                         "subject_mismatch");
   }
   if (!authorized(m, &why)) {
-    counters.count_refused("not_allowed");
-    return drop_incoming(in.subject, in.reply, "not allowed: " + why);
+    return drop_incoming(in.subject, in.reply, "not allowed: " + why, "not_allowed");
   }
+  count_message(MessageEvent::received, m, m.from_node);
   // The inbox keeps the message itself; the envelope has done its work.
   received_batch.push_back(Received{std::move(m), std::move(in.reply), std::string(body)});
 }

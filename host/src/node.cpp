@@ -47,6 +47,7 @@ void Node::start() {
     throw std::runtime_error("cannot create node.dataDir " + d.data_dir_text + ": " + ec.message());
   }
   ::chmod(d.config.node.data_dir.c_str(), 0700);
+  d.start_metrics();
   StoreOptions so;
   so.sync = d.config.storage.sync;
   so.sync_interval_ms = d.config.storage.sync_interval_ms;
@@ -65,7 +66,10 @@ void Node::start() {
   d.announce_key();
   d.audit_flush = std::make_unique<asio::steady_timer>(d.io);
   d.schedule_audit_flush();
-  for (const auto& r : d.pending_update_results) d.emit_event("update_result", r);
+  for (const auto& r : d.pending_update_results) {
+    d.count_update(r);
+    d.emit_event("update_result", r);
+  }
   d.pending_update_results.clear();
   // Signals before the socket: once the socket answers, a SIGHUP reloads.
   d.signals = std::make_unique<asio::signal_set>(d.io, SIGINT, SIGTERM);
@@ -79,6 +83,28 @@ void Node::start() {
   d.socket = std::make_unique<SocketServer>(*this, d.io, d.config.socket_path());
   spdlog::info("node {} serving on {} ({})", d.config.node.name, d.config.socket_path().string(),
                d.config.broker.standalone() ? "standalone" : "broker");
+}
+
+void Node::Impl::start_metrics() {
+  const std::string& listen = config.metrics.listen;
+  if (listen.empty()) return;
+  metrics = std::make_unique<Metrics>(listen, [this] {
+    MetricsState s;
+    {
+      std::lock_guard<std::mutex> lock(calls_mu);
+      s.inflight_calls = running.size();
+    }
+    {
+      std::lock_guard<std::mutex> lock(outgoing_mu);
+      s.outbox_depth = outgoing.size();
+    }
+    s.reconnects = counters.reconnects.load();
+    s.duplicates = counters.duplicates.load();
+    std::lock_guard<std::mutex> lock(plugins_mu);
+    for (const auto& p : plugin_infos) s.plugins.push_back({p.name, p.version, to_string(p.state)});
+    return s;
+  });
+  spdlog::info("metrics on http://{}/metrics", listen);
 }
 
 void Node::Impl::schedule_audit_flush() {

@@ -23,6 +23,7 @@
 #include "bosun/host/node.hpp"
 #include "bosun/host/store.hpp"
 #include "deadlines.hpp"
+#include "metrics.hpp"
 #include "security.hpp"
 
 namespace bosun::host {
@@ -294,7 +295,8 @@ struct Node::Impl {
   std::vector<Received> received_batch;
   std::vector<std::string> acked_ids;
   void record_received(std::vector<Received> batch);
-  void drop_incoming(const std::string& subject, const std::string& reply, const std::string& why);
+  void drop_incoming(const std::string& subject, const std::string& reply, const std::string& why,
+                     std::string_view reason = "bad_message");
   void mark_running(const std::string& id);
   void mark_done(const std::string& id);
 
@@ -364,6 +366,25 @@ struct Node::Impl {
   std::atomic<bool> key_set_due{false};
   void announce_key();
   nlohmann::json keys_op(const std::string& action, const std::string& node);
+
+  // metrics.cpp's Metrics when metrics.listen is set (started first in
+  // Node::start, never reset: it is the last member, so it is destroyed
+  // first and no scrape reads what has gone). Null: metrics off.
+  std::unique_ptr<Metrics> metrics;
+  void start_metrics();
+  void count_message(MessageEvent event, const Message& m, const std::string& peer) {
+    if (metrics) metrics->count(event, m.method, peer);
+  }
+  // A message from the bus refused before the inbox; `reason` is one of
+  // kRefusedReasons (metrics.hpp).
+  // Counted in the status counters and, with metrics on, in Prometheus.
+  void count_refused(std::string_view reason) {
+    counters.count_refused(std::string(reason));
+    if (metrics) metrics->count_refused(reason);
+  }
+  void count_update(const nlohmann::json& result) {
+    if (metrics) metrics->count_update(result.value("plugin", ""), result.value("status", ""));
+  }
 };
 
 const bosun_host_api* host_api_table();

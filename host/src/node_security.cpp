@@ -35,7 +35,7 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
     return true;
   }
   auto refuse = [&](const std::string& reason, std::string text) {
-    counters.count_refused(reason);
+    count_refused(reason);
     *why = std::move(text);
     return false;
   };

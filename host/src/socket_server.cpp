@@ -64,6 +64,11 @@ class Session : public std::enable_shared_from_this<Session> {
     bool done = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (submitting_) {
+        // Before submit_and_wait knows what it waits for.
+        early_.insert(r.in_reply_to);
+        return;
+      }
       outstanding_.erase(r.in_reply_to);
       done = outstanding_.empty();
     }
@@ -238,23 +243,37 @@ class Session : public std::enable_shared_from_this<Session> {
           "\" (expected send, plugins, calls, status, watch, reload or keys)");
   }
 
-  // On a worker thread. Holding mu_ while submitting makes replies that
-  // arrive before submit returns wait until their ids are outstanding.
+  // On a worker thread. Final replies that arrive before submit returns are
+  // noted in early_ and not waited for.
   void submit_and_wait(const json& messages, const std::shared_ptr<Waiter>& waiter, bool wait,
                        double timeout) {
-    std::lock_guard<std::mutex> lock(mu_);
+    // Not under mu_: submitting writes to the store, and a store write may
+    // run other writes' completions on this thread, which deliver replies
+    // here (on_reply takes mu_): holding it deadlocked a fan-out to 100.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      submitting_ = true;
+    }
     auto r = node_.submit(messages, waiter);
     json out = r.to_json();
     out["type"] = "result";
     write_line(out);
-    if (!wait || r.accepted.empty()) {
+    bool done = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      submitting_ = false;
+      for (const auto& a : r.accepted) {
+        if (early_.erase(a.id)) continue;
+        outstanding_.insert(a.id);
+        targets_[a.id] = a.to_node;
+      }
+      early_.clear();
+      done = outstanding_.empty();
+    }
+    if (!wait || r.accepted.empty() || done) {
       if (wait) write_line({{"type", "done"}, {"missing", json::array()}});
       finish();
       return;
-    }
-    for (const auto& a : r.accepted) {
-      outstanding_.insert(a.id);
-      targets_[a.id] = a.to_node;
     }
     asio::post(sock_.get_executor(),
                [self = shared_from_this(), timeout] { self->arm_reply_timeout(timeout); });
@@ -337,6 +356,8 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t listener_ = 0;
   std::mutex mu_;
   std::set<std::string> outstanding_;
+  bool submitting_ = false;
+  std::set<std::string> early_;  // final replies that came during submit
   std::map<std::string, std::string> targets_;
 };
 

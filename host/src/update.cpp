@@ -220,6 +220,7 @@ json Node::Impl::update_module(const std::string& name, const fs::path& path,
     } else {
       spdlog::info("update_result {}", result.dump());
     }
+    count_update(result);
     emit_event("update_result", result);
     return result;
   };
@@ -346,6 +347,7 @@ json Node::Impl::update_settings(const std::string& name, const json& patch) {
     result["durationMs"] =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
             .count();
+    count_update(result);
     emit_event("update_result", result);
     return result;
   };

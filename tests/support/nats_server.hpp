@@ -45,6 +45,7 @@ class NatsServer {
   int port() const { return options_.port; }
   int cluster_port() const { return options_.cluster_port; }
   bool running() const;
+  pid_t pid() const { return process_ ? process_->pid() : -1; }
   std::string log() const;  // the server's output so far
 
   void stop();     // SIGTERM, wait
