@@ -85,11 +85,16 @@ node_config() {  # name modules...
   chmod 0755 "$dir/$name/plugins"
   shift
   for m in "$@"; do install -m 0755 "$build/plugins/$m.so" "$dir/$name/plugins/$m.so"; done
+  # A lab fleet: central accepts the ships' keys without an operator
+  # (security.autoAccept); the ships pin central's key on first contact.
+  local security='{}'
+  [[ "$name" == central ]] && security='{"autoAccept": ["ship*"]}'
   cat >"$dir/$name/bosun.json" <<EOF
 {
   "node": {"name": "$name", "central": "central", "dataDir": "data"},
   "broker": {"servers": ["nats://127.0.0.1:$port"]},
   "plugins": {"dir": "plugins"},
+  "security": $security,
   "log": {"level": "warn"}
 }
 EOF
