@@ -121,4 +121,31 @@ inline long status_kib(pid_t pid, const std::string& field) {
   return -1;
 }
 
+// Milliseconds since `t` (steady clock).
+inline double ms_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+// One fan-out from `central`: the time until its "done" line, or -1 (and
+// ++*bad) when fewer than `expect` final replies were ok.
+inline double fan_out(Node& central, const json& message, int expect, int* bad) {
+  auto t = std::chrono::steady_clock::now();
+  auto lines = central.send(json::array({message}), 30);
+  double ms = ms_since(t);
+  int ok = 0;
+  for (const auto& l : lines) {
+    if (l.value("type", "") == "reply" && l.value("final", false) &&
+        l.value("status", "") == "ok") {
+      ++ok;
+    }
+  }
+  if (ok != expect) {
+    ++*bad;
+    std::fprintf(stderr, "fan-out: %d of %d ok; last line %s\n", ok, expect,
+                 lines.empty() ? "(none)" : lines.back().dump().c_str());
+    return -1;
+  }
+  return ms;
+}
+
 }  // namespace bench

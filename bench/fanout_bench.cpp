@@ -26,9 +26,7 @@ using namespace std::chrono_literals;
 constexpr int kNodes = 50;
 constexpr int kRounds = 20;
 
-double ms_since(Clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
+using bench::ms_since;
 
 struct Rounds {
   std::vector<double> ms;
@@ -40,27 +38,6 @@ struct Rounds {
     return s[std::min(s.size() - 1, static_cast<size_t>(p * static_cast<double>(s.size())))];
   }
 };
-
-// One fan-out; the time until "done", or -1 when a node failed or was late.
-double fan_out(bench::Node& central, const json& message, int* bad) {
-  auto t = Clock::now();
-  auto lines = central.send(json::array({message}), 30);
-  double ms = ms_since(t);
-  int ok = 0;
-  for (const auto& l : lines) {
-    if (l.value("type", "") == "reply" && l.value("final", false) &&
-        l.value("status", "") == "ok") {
-      ++ok;
-    }
-  }
-  if (ok != kNodes) {
-    ++*bad;
-    std::fprintf(stderr, "fan-out: %d of %d ok; last line %s\n", ok, kNodes,
-                 lines.empty() ? "(none)" : lines.back().dump().c_str());
-    return -1;
-  }
-  return ms;
-}
 
 int run() {
   bosun::test::NatsServer server;
@@ -92,13 +69,13 @@ int run() {
   json ping = {{"toNodes", ships}, {"method", "ping"}};
   json cli = {{"toNodes", ships}, {"method", "cli_command"}, {"methodArgs", {"true"}}};
   int bad = 0;
-  fan_out(central, ping, &bad);  // warm-up: subscriptions, connections, page cache
-  fan_out(central, cli, &bad);
+  bench::fan_out(central, ping, kNodes, &bad);  // warm-up: subscriptions, connections, page cache
+  bench::fan_out(central, cli, kNodes, &bad);
   Rounds ping_r, cli_r;
   for (int i = 0; i < kRounds; ++i) {
-    double p = fan_out(central, ping, &ping_r.failed);
+    double p = bench::fan_out(central, ping, kNodes, &ping_r.failed);
     if (p >= 0) ping_r.ms.push_back(p);
-    double c = fan_out(central, cli, &cli_r.failed);
+    double c = bench::fan_out(central, cli, kNodes, &cli_r.failed);
     if (c >= 0) cli_r.ms.push_back(c);
   }
   std::printf(

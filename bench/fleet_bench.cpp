@@ -70,9 +70,7 @@ extern "C" void on_fatal_signal(int sig) {
   ::_exit(128 + sig);
 }
 
-double ms_since(Clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
+using bench::ms_since;
 
 struct Samples {
   std::vector<double> v;
@@ -84,27 +82,6 @@ struct Samples {
     return s[std::min(s.size() - 1, static_cast<size_t>(p * static_cast<double>(s.size())))];
   }
 };
-
-// One fan-out; the time until "done", or -1 when a node failed or was late.
-double fan_out(bench::Node& central, const json& message, int expect, int* bad) {
-  auto t = Clock::now();
-  auto lines = central.send(json::array({message}), 30);
-  double ms = ms_since(t);
-  int ok = 0;
-  for (const auto& l : lines) {
-    if (l.value("type", "") == "reply" && l.value("final", false) &&
-        l.value("status", "") == "ok") {
-      ++ok;
-    }
-  }
-  if (ok != expect) {
-    ++*bad;
-    std::fprintf(stderr, "fan-out: %d of %d ok; last line %s\n", ok, expect,
-                 lines.empty() ? "(none)" : lines.back().dump().c_str());
-    return -1;
-  }
-  return ms;
-}
 
 // Fields of /proc/<pid>/status, in KiB (Threads as a count).
 struct Mem {
@@ -234,8 +211,8 @@ int run() {
   json cli = {{"toNodes", ships}, {"method", "cli_command"}, {"methodArgs", {"true"}}};
   int bad = 0;
   std::printf("warm-up rounds\n");
-  fan_out(central, ping, kShips, &bad);  // warm-up: subscriptions, connections, page cache
-  fan_out(central, cli, kShips, &bad);
+  bench::fan_out(central, ping, kShips, &bad);  // warm-up: subscriptions, connections, page cache
+  bench::fan_out(central, cli, kShips, &bad);
 
   // Idle: after the warm-up, nothing running for a while.
   std::this_thread::sleep_for(2s);
@@ -260,9 +237,9 @@ int run() {
   std::printf("%d rounds of each\n", kRounds);
   Samples ping_r, cli_r;
   for (int i = 0; i < kRounds; ++i) {
-    double p = fan_out(central, ping, kShips, &ping_r.failed);
+    double p = bench::fan_out(central, ping, kShips, &ping_r.failed);
     if (p >= 0) ping_r.v.push_back(p);
-    double c = fan_out(central, cli, kShips, &cli_r.failed);
+    double c = bench::fan_out(central, cli, kShips, &cli_r.failed);
     if (c >= 0) cli_r.v.push_back(c);
   }
   std::printf("ping to %d ships, all replies in: p50 %.1f ms, max %.1f (%d rounds, %d failed)\n",
