@@ -58,6 +58,7 @@ void Node::start() {
     d.trust = std::make_unique<TrustStore>(*d.store, d.config.node.name,
                                            d.identity->public_key_b64(), d.config.node.central);
     d.trust->configure(d.config.security);
+    d.start_crypt();
   }
   d.load_modules();
   d.start_transport();
