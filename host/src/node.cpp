@@ -152,7 +152,8 @@ void Node::Impl::shutdown() {
   // An update or reload in progress ends first; later ones see `stopping`.
   { std::lock_guard<std::mutex> barrier(update_mu); }
   unload_all();
-  pool->join();  // destroyed with the node, after io
+  if (rsa_maker.joinable()) rsa_maker.join();  // a first start's RSA key, being made
+  pool->join();                                // destroyed with the node, after io
   deadlines.clear();
   socket.reset();
   store.reset();

@@ -50,9 +50,9 @@ void Node::Impl::start_crypt() {
     rsa = std::move(key);
     return;
   }
-  // Made in the background: the node serves meanwhile, and announces its
-  // keys once the RSA key is there.
-  asio::post(*pool, [this, file] {
+  // Made on a thread of its own (not a worker's: a node may have only one),
+  // so the node serves meanwhile; it announces its keys once it is there.
+  rsa_maker = std::thread([this, file] {
     try {
       auto started = std::chrono::steady_clock::now();
       auto key = RsaKey::create(file);

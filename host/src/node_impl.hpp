@@ -371,6 +371,7 @@ struct Node::Impl {
   // Key exchange and the cluster secret (crypt.hpp, node_crypt.cpp).
   mutable std::mutex crypt_mu;
   std::shared_ptr<RsaKey> rsa;  // null until loaded or made (in the background)
+  std::thread rsa_maker;        // makes it at first start; joined at shutdown
   std::shared_ptr<const ClusterKey> cluster_key, previous_cluster_key;
   void start_crypt();
   std::shared_ptr<RsaKey> rsa_key() const;
