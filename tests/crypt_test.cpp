@@ -241,6 +241,11 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   ASSERT_TRUE(wait_until([&] { return secret_id(ship1) == id2 && secret_id(ship2) == id2; }, 15s));
   EXPECT_EQ(one_reply(central, message("ship2", "ping")).value("data", ""), "pong");
 
+  // The secret outlives a restart (kept in the store).
+  ship1.restart();
+  EXPECT_EQ(secret_id(ship1), id2);
+  EXPECT_EQ(one_reply(central, message("ship1", "ping")).value("data", ""), "pong");
+
   // Key files are private.
   for (ClusterNode* n : {&central, &ship1, &ship2}) {
     struct stat st {};
@@ -333,6 +338,15 @@ TEST_F(CryptTest, APeerCannotReplaceKeysTheOperatorOrCentralDecided) {
   r = one_reply(central, message("ship2", "update_public_key", {}, real_set.dump()));
   EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
   EXPECT_EQ(key_state(ship2, "ship1"), "rejected/operator");
+
+  // The operator may forget a key (delete_public_key, sent to the node itself).
+  r = one_reply(ship2, message("ship2", "delete_public_key", {"ship1"}));
+  EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
+  EXPECT_EQ(key_state(ship2, "ship1"), "");
+  // A peer cannot: ship1 asking ship2 to forget central is refused.
+  r = one_reply(ship1, message("ship2", "delete_public_key", {"central"}), 10);
+  EXPECT_EQ(r.value("status", ""), "error") << r.dump();
+  EXPECT_EQ(key_state(ship2, "central"), "accepted/first contact");
 }
 
 }  // namespace
