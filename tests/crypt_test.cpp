@@ -349,4 +349,47 @@ TEST_F(CryptTest, APeerCannotReplaceKeysTheOperatorOrCentralDecided) {
   EXPECT_EQ(key_state(ship2, "central"), "accepted/first contact");
 }
 
+TEST_F(CryptTest, ModulesEncryptOnlyToTheKeysOfAcceptedNodes) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.add_module(bosun::test::fixture_module("fx_keys"));
+  ship1.add_module(bosun::test::fixture_module("fx_keys"));
+  central.start();
+  ship1.start();
+  ship2.start();
+  accept(central, ship1);
+  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+  wait_rsa(central, "ship1");
+  wait_rsa(central, "ship2");
+
+  json sealed = one_reply(central, message("central", "encrypt_to", {"ship1", "for ship1 only"}));
+  ASSERT_EQ(sealed.value("status", ""), "ok") << sealed.dump();
+  const std::string b64 = sealed.value("data", "");
+  EXPECT_EQ(b64.size(), 512u) << b64;  // 384 bytes: RSA-3072
+  json opened = one_reply(central, message("ship1", "decrypt", {b64}));
+  EXPECT_EQ(opened.value("data", ""), "for ship1 only") << opened.dump();
+  // Only ship1's key opens it.
+  json wrong = one_reply(central, message("central", "decrypt", {b64}));
+  EXPECT_EQ(wrong.value("status", ""), "error") << wrong.dump();
+  EXPECT_NE(wrong.value("error", "").find("does not decrypt with this node's RSA key"),
+            std::string::npos)
+      << wrong.dump();
+
+  // A pending, an unknown and a rejected node get nothing.
+  json pending = one_reply(central, message("central", "encrypt_to", {"ship2", "x"}));
+  EXPECT_NE(pending.value("error", "").find("the key of ship2 is pending on central"),
+            std::string::npos)
+      << pending.dump();
+  json unknown = one_reply(central, message("central", "encrypt_to", {"nobody", "x"}));
+  EXPECT_NE(unknown.value("error", "").find("no key of nobody is known on central"),
+            std::string::npos)
+      << unknown.dump();
+  ASSERT_FALSE(keys_op(central, "reject", "ship1").contains("error"));
+  json rejected = one_reply(central, message("central", "encrypt_to", {"ship1", "x"}));
+  EXPECT_NE(rejected.value("error", "").find("the key of ship1 is rejected on central"),
+            std::string::npos)
+      << rejected.dump();
+}
+
 }  // namespace
