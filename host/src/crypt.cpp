@@ -106,15 +106,18 @@ std::shared_ptr<RsaKey> RsaKey::create(const fs::path& file) {
   }
   char* data = nullptr;
   long n = BIO_get_mem_data(bio.get(), &data);
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) throw CryptError("cannot create " + file.string());
+  // Whole or not at all: a crash while writing leaves no half key behind.
+  const fs::path tmp = file.string() + ".tmp";
+  ::unlink(tmp.c_str());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) throw CryptError("cannot create " + tmp.string());
   bool ok = ::write(fd, data, static_cast<size_t>(n)) == n;
   ok = ::fsync(fd) == 0 && ok;
   ::close(fd);
-  if (!ok) {
-    ::unlink(file.c_str());
-    throw CryptError("cannot write " + file.string());
-  }
+  // link() refuses to replace a key that appeared meanwhile.
+  ok = ok && ::link(tmp.c_str(), file.c_str()) == 0;
+  ::unlink(tmp.c_str());
+  if (!ok) throw CryptError("cannot write " + file.string());
   auto out = std::make_shared<RsaKey>();
   out->key_ = std::move(key);
   out->public_pem_ = public_pem_of(k);
