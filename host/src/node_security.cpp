@@ -143,9 +143,10 @@ bool Node::Impl::authorized(const Message& m, std::string* why) const {
 
 void Node::Impl::announce_key() {
   if (!identity || config.broker.standalone() || config.node.name == config.node.central) return;
-  // With the RSA key once it is there (made in the background at first
-  // start, which announces again).
+  // Both keys, once the RSA key is there: at a first start it is made in the
+  // background, which then announces (one announcement per start).
   std::string rsa_pem = rsa_public_pem();
+  if (rsa_pem.empty()) return;
   // The key travels in the envelope; the central node records it as
   // pending (or knows it). A short budget: the node announces again at its
   // next start, and its heartbeats carry the key too.
@@ -154,9 +155,7 @@ void Node::Impl::announce_key() {
   m.from_node = config.node.name;
   m.to_node = config.node.central;
   m.method = "announce_key";
-  nlohmann::json data = {{"ed25519", identity->public_key_b64()}};
-  if (!rsa_pem.empty()) data["rsa"] = rsa_pem;
-  m.data = data.dump();
+  m.data = nlohmann::json{{"ed25519", identity->public_key_b64()}, {"rsa", rsa_pem}}.dump();
   m.sent_at_ms = now_ms();
   m.retries = 2;
   m.reply_method = "none";
