@@ -9,6 +9,8 @@
 //       storage.sync "interval" (the default);
 //   (b') the same with security.sign off: the cost of signed envelopes
 //       (issue 6's goal: signed at least 0.75 of unsigned requests/s);
+//   (b'') the same with a cluster secret on both (phase "encrypted"):
+//       requests and replies AES-256-GCM encrypted besides;
 //   (c) the same with storage.sync "always";
 //   (d) the median fsync of the data folder's disk.
 // Every phase is bounded in count and stops after kPhaseLimit whatever
@@ -306,7 +308,13 @@ class PingWaiter : public bosun::host::ReplyWaiter {
 class RunningNode {
  public:
   RunningNode(const fs::path& root, const std::string& name, const std::string& url,
-              const std::string& sync, bool sign) {
+              const std::string& sync, bool sign, const std::string& secret = {}) {
+    if (!secret.empty()) {
+      // As receive_cluster_secret leaves it, without the key exchange.
+      fs::create_directories(root / name);
+      bosun::host::Store store(root / name / "state", bosun::host::StoreOptions{});
+      store.meta_put("cluster/secret", secret);
+    }
     // Signed envelopes as by default, both keys accepted without an operator.
     nlohmann::json doc = {{"node", {{"name", name}, {"dataDir", name}}},
                           {"broker", {{"servers", {url}}}},
@@ -340,13 +348,14 @@ bool submit_ping(bosun::host::Node& from, const std::shared_ptr<PingWaiter>& wai
 }
 
 void run_bosun(const fs::path& root, const std::string& url, const std::string& sync, Latency& lat,
-               Throughput& tp, bool sign = true) {
-  fs::path dir = root / (sync + (sign ? "" : "-unsigned"));
+               Throughput& tp, bool sign = true, bool encrypt = false) {
+  fs::path dir = root / (sync + (sign ? "" : "-unsigned") + (encrypt ? "-encrypted" : ""));
   fs::create_directories(dir / "plugins");
   ::chmod(dir.c_str(), 0755);
   ::chmod((dir / "plugins").c_str(), 0755);
-  RunningNode ship1(dir, "ship1", url, sync, sign);
-  RunningNode central(dir, "central", url, sync, sign);
+  const std::string secret = encrypt ? std::string(32, '\x5a') : std::string();
+  RunningNode ship1(dir, "ship1", url, sync, sign, secret);
+  RunningNode central(dir, "central", url, sync, sign, secret);
 
   // The first ping also waits for both nodes to reach the broker.
   auto seq = std::make_shared<PingWaiter>();
@@ -464,7 +473,7 @@ double ratio(double a, double b) {
 }
 
 int run(std::vector<std::string> phases) {
-  if (phases.empty()) phases = {"raw", "interval", "unsigned", "always", "fsync"};
+  if (phases.empty()) phases = {"raw", "interval", "unsigned", "encrypted", "always", "fsync"};
   auto want = [&](const char* p) {
     return std::find(phases.begin(), phases.end(), p) != phases.end();
   };
@@ -472,8 +481,8 @@ int run(std::vector<std::string> phases) {
   bosun::test::TempDir root;
   std::printf("nats-server %s, data under %s\n", server.url().c_str(), root.path().c_str());
 
-  Latency raw_lat, bosun_lat, sync_lat, unsigned_lat;
-  Throughput raw_tp, bosun_tp, sync_tp, unsigned_tp;
+  Latency raw_lat, bosun_lat, sync_lat, unsigned_lat, enc_lat;
+  Throughput raw_tp, bosun_tp, sync_tp, unsigned_tp, enc_tp;
   double fsync_us = -1;
   if (want("raw")) {
     run_raw(server.url(), raw_lat, raw_tp);
@@ -487,6 +496,11 @@ int run(std::vector<std::string> phases) {
     // The same with security.sign off: what signing and verifying cost.
     run_bosun(root.path(), server.url(), "interval", unsigned_lat, unsigned_tp, false);
     print_phase("bosun (sync interval, security.sign off)", unsigned_lat, unsigned_tp);
+  }
+  if (want("encrypted")) {
+    // Signed and AES-256-GCM encrypted (a cluster secret on both nodes).
+    run_bosun(root.path(), server.url(), "interval", enc_lat, enc_tp, true, true);
+    print_phase("bosun (sync interval, cluster secret: encrypted)", enc_lat, enc_tp);
   }
   if (want("always")) {
     run_bosun(root.path(), server.url(), "always", sync_lat, sync_tp);
@@ -504,11 +518,13 @@ int run(std::vector<std::string> phases) {
       "\"bosun_p50_us\": %.1f, \"raw_p99_us\": %.1f, \"bosun_p99_us\": %.1f, "
       "\"bosun_sync_rps\": %.0f, \"bosun_sync_p50_us\": %.1f, \"fsync_p50_us\": %.1f, "
       "\"rps_ratio\": %.3f, \"p50_ratio\": %.2f, \"unsigned_rps\": %.0f, "
-      "\"unsigned_p50_us\": %.1f, \"security_rps_ratio\": %.3f}\n",
+      "\"unsigned_p50_us\": %.1f, \"security_rps_ratio\": %.3f, \"encrypted_rps\": %.0f, "
+      "\"encrypted_p50_us\": %.1f, \"encrypted_rps_ratio\": %.3f}\n",
       raw_tp.rps(), bosun_tp.rps(), raw_lat.pct(0.5), bosun_lat.pct(0.5), raw_lat.pct(0.99),
       bosun_lat.pct(0.99), sync_tp.rps(), sync_lat.pct(0.5), fsync_us,
       ratio(bosun_tp.rps(), raw_tp.rps()), ratio(bosun_lat.pct(0.5), raw_lat.pct(0.5)),
-      unsigned_tp.rps(), unsigned_lat.pct(0.5), ratio(bosun_tp.rps(), unsigned_tp.rps()));
+      unsigned_tp.rps(), unsigned_lat.pct(0.5), ratio(bosun_tp.rps(), unsigned_tp.rps()),
+      enc_tp.rps(), enc_lat.pct(0.5), ratio(enc_tp.rps(), unsigned_tp.rps()));
   return 0;
 }
 
@@ -518,11 +534,11 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   std::vector<std::string> phases(argv + 1, argv + argc);
   for (const auto& p : phases) {
-    if (p != "raw" && p != "interval" && p != "unsigned" && p != "always" && p != "fsync" &&
-        p != "parts") {
+    if (p != "raw" && p != "interval" && p != "unsigned" && p != "encrypted" && p != "always" &&
+        p != "fsync" && p != "parts") {
       std::fprintf(stderr,
-                   "messaging_bench: unknown phase \"%s\"; phases: raw interval unsigned always "
-                   "fsync parts (default: all but parts)\n",
+                   "messaging_bench: unknown phase \"%s\"; phases: raw interval unsigned encrypted "
+                   "always fsync parts (default: all but parts)\n",
                    p.c_str());
       return 2;
     }

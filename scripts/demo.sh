@@ -77,6 +77,30 @@ done
 "$BOSUN" keys "${C[@]}" accept ship2
 echo "(each ship pins central's key on first contact; central hands every ship the keys it accepted)"
 
+if [ -f "$BUILD/plugins/crypt.so" ]; then
+  say "the cluster secret: made on central, sent RSA-OAEP encrypted to each accepted ship"
+  # Each ship's RSA key (made at its first start) reaches central with its announcement.
+  count_json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+  for _ in $(seq 200); do
+    with_rsa=$("$BOSUN" keys "${C[@]}" list --json |
+      count_json 'sum(1 for k in d["keys"] if k["state"]=="accepted" and k.get("rsa"))')
+    [ "$with_rsa" -ge 2 ] && break
+    sleep 0.1
+  done
+  "$BOSUN" send "${C[@]}" --to central --method push_cluster_secret --wait --timeout 10
+  id=$("$BOSUN" keys "${C[@]}" list --json | count_json 'd["clusterSecret"]["keyId"]')
+  for n in ship1 ship2; do
+    for _ in $(seq 100); do
+      got=$("$BOSUN" keys --config "$DEMO/$n/bosun.json" list --json |
+        count_json 'd["clusterSecret"]["keyId"]')
+      [ "$got" = "$id" ] && break
+      sleep 0.1
+    done
+    echo "$n holds cluster secret ${got:-none}"
+  done
+  echo "(from here on, requests and replies cross the bus AES-256-GCM encrypted)"
+fi
+
 say "bosun plugins on ship1"
 "$BOSUN" plugins --config "$DEMO/ship1/bosun.json"
 

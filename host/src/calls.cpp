@@ -716,6 +716,13 @@ const bosun_host_api* host_api_table() {
       .node_info = &api_node_info,
       .plugins_get = &api_plugins_get,
       .plugin_control = &api_plugin_control,
+      .peer_keys = &api_peer_keys,
+      .encrypt_to_node = &api_encrypt_to_node,
+      .decrypt_for_self = &api_decrypt_for_self,
+      .cluster_secret_set = &api_cluster_secret_set,
+      .cluster_secret_seal_for = &api_cluster_secret_seal_for,
+      .cluster_secret_receive = &api_cluster_secret_receive,
+      .key_control = &api_key_control,
   };
   return &api;
 }

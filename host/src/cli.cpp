@@ -742,17 +742,23 @@ int cmd_keys(const std::string& config_file, const std::string& action, const st
   if (action != "list") std::cout << "key of " << node << " " << action << "ed\n";
   std::cout << "this node (" << result.value("node", "?") << "): " << result.value("publicKey", "")
             << "\n";
-  std::vector<std::array<std::string, 4>> rows{{"NODE", "STATE", "SOURCE", "PUBLIC KEY"}};
+  const json secret = result.value("clusterSecret", json::object());
+  std::cout << "cluster secret: "
+            << (secret.value("set", false) ? secret.value("keyId", "") + " (payloads encrypted)"
+                                           : std::string("none (payloads travel in clear)"))
+            << "\n";
+  std::vector<std::array<std::string, 5>> rows{{"NODE", "STATE", "SOURCE", "RSA", "PUBLIC KEY"}};
   for (const auto& k : result.value("keys", json::array())) {
     rows.push_back({k.value("node", ""), k.value("state", ""), k.value("source", ""),
-                    k.value("publicKey", "")});
+                    k.value("rsa", "").empty() ? "-" : "yes", k.value("publicKey", "")});
   }
-  std::array<size_t, 3> w{};
+  std::array<size_t, 4> w{};
   for (const auto& r : rows) {
-    for (size_t i = 0; i < 3; ++i) w[i] = std::max(w[i], r[i].size());
+    for (size_t i = 0; i < 4; ++i) w[i] = std::max(w[i], r[i].size());
   }
   for (const auto& r : rows) {
-    std::cout << pad(r[0], w[0] + 2) << pad(r[1], w[1] + 2) << pad(r[2], w[2] + 2) << r[3] << "\n";
+    std::cout << pad(r[0], w[0] + 2) << pad(r[1], w[1] + 2) << pad(r[2], w[2] + 2)
+              << pad(r[3], w[3] + 2) << r[4] << "\n";
   }
   if (rows.size() == 1) std::cout << "(no peer keys yet: a node's key appears once it sends)\n";
   return kExitOk;

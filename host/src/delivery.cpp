@@ -162,7 +162,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
   double ack_s = ack_timeout_s(m);
   if (ack_s <= 0) {
     // ACKTimeout 0: fire and forget.
-    if (auto t = bus()) t->publish(subject, seal(subject, bytes));
+    if (auto t = bus()) t->publish(subject, seal_request(subject, bytes));
     store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
                        log_failure("outbox: cannot remove " + m.id));
     return;
@@ -180,7 +180,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     out->ack_deadline = deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
   }
   if (auto t = bus())
-    t->publish(out->subject, seal(out->subject, out->bytes), ack_inbox + "." + id);
+    t->publish(out->subject, seal_request(out->subject, out->bytes), ack_inbox + "." + id);
 }
 
 void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
@@ -204,7 +204,8 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
     if (auto t = bus()) {
-      t->publish(out->subject, seal(out->subject, out->bytes), ack_inbox + "." + out->msg.id);
+      t->publish(out->subject, seal_request(out->subject, out->bytes),
+                 ack_inbox + "." + out->msg.id);
     }
     return;
   }
@@ -358,9 +359,9 @@ void Node::Impl::on_incoming(Incoming&& in) {
   }
   // The signature first: nothing else is believed or even parsed before it.
   // (open_envelope counts its refusals by reason itself.)
-  std::string signer, why;
+  std::string signer, why, plain;
   std::string_view body;
-  if (!open_envelope(in, true, false, signer, body, &why)) {
+  if (!open_envelope(in, true, false, signer, body, &why, &plain)) {
     return drop_incoming(in.subject, in.reply, why, {});
   }
   nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "bosun/host/message.hpp"
+#include "crypt.hpp"
 
 namespace bosun::host {
 
@@ -18,6 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kDomain = "bosun-envelope-v1";
+constexpr std::string_view kDomainEncrypted = "bosun-envelope-v2";
 constexpr size_t kMaxHeader = 512;
 
 struct MdCtxFree {
@@ -61,7 +63,8 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
     if (why) *why = std::move(text);
     return false;
   };
-  if (wire.substr(0, kEnvelopeMagic.size()) != kEnvelopeMagic) {
+  const bool encrypted = wire.substr(0, kEncryptedMagic.size()) == kEncryptedMagic;
+  if (!encrypted && wire.substr(0, kEnvelopeMagic.size()) != kEnvelopeMagic) {
     return fail(
         "not a signed envelope (no \"BSN1\" header): unsigned, or from a node whose "
         "security.sign is off");
@@ -75,7 +78,16 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   std::string_view ts = next_field(line);
   std::string_view pub = next_field(line);
   std::string_view sig = next_field(line);
-  if (!line.empty()) return fail("envelope header has more than 4 fields");
+  std::string_view key_id = encrypted ? next_field(line) : std::string_view{};
+  if (!line.empty()) {
+    return fail(std::string("envelope header has more than ") + (encrypted ? "5" : "4") +
+                " fields");
+  }
+  if (encrypted) {
+    bool hex = key_id.size() == 16;
+    for (char c : key_id) hex = hex && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
+    if (!hex) return fail("encrypted envelope has no key id of 16 hex digits");
+  }
   if (signer.empty() || !is_valid_token(std::string(signer))) {
     return fail("envelope signer is not a valid node name");
   }
@@ -93,18 +105,23 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   out.signer = std::string(signer);
   out.signed_at_ms = t;
   out.body = wire.substr(nl + 1);
+  out.encrypted = encrypted;
+  out.key_id = std::string(key_id);
   return true;
 }
 
 std::string envelope_signed_bytes(std::string_view signer, int64_t signed_at_ms,
-                                  std::string_view subject, std::string_view body) {
+                                  std::string_view subject, std::string_view body,
+                                  std::string_view key_id) {
   std::string ts = std::to_string(signed_at_ms);
   std::string out;
-  out.reserve(kDomain.size() + signer.size() + ts.size() + subject.size() + body.size() + 4);
-  out.append(kDomain).push_back('\0');
+  out.reserve(kDomainEncrypted.size() + signer.size() + ts.size() + subject.size() + key_id.size() +
+              body.size() + 5);
+  out.append(key_id.empty() ? kDomain : kDomainEncrypted).push_back('\0');
   out.append(signer).push_back('\0');
   out.append(ts).push_back('\0');
   out.append(subject).push_back('\0');
+  if (!key_id.empty()) out.append(key_id).push_back('\0');
   out.append(body);
   return out;
 }
@@ -155,15 +172,24 @@ Identity Identity::load_or_create(const fs::path& data_dir) {
 }
 
 std::string Identity::seal(std::string_view signer, std::string_view subject, std::string_view body,
-                           int64_t now_ms) const {
-  std::string sig = key_->sign(envelope_signed_bytes(signer, now_ms, subject, body));
+                           int64_t now_ms, const ClusterKey* key) const {
+  std::string sealed;
+  std::string_view key_id;
+  if (key != nullptr) {
+    key_id = key->id();
+    sealed = key->encrypt(payload_aad(signer, now_ms, subject, key_id), body);
+    body = sealed;
+  }
+  std::string sig = key_->sign(envelope_signed_bytes(signer, now_ms, subject, body, key_id));
   std::string out;
   std::string sig_b64 = base64_encode(sig);
   std::string ts = std::to_string(now_ms);
-  out.reserve(kEnvelopeMagic.size() + signer.size() + ts.size() + public_b64_.size() +
-              sig_b64.size() + body.size() + 5);
-  out.append(kEnvelopeMagic).append(signer).append(" ").append(ts).append(" ");
-  out.append(public_b64_).append(" ").append(sig_b64).append("\n").append(body);
+  out.reserve(kEncryptedMagic.size() + signer.size() + ts.size() + public_b64_.size() +
+              sig_b64.size() + key_id.size() + body.size() + 6);
+  out.append(key ? kEncryptedMagic : kEnvelopeMagic).append(signer).append(" ").append(ts);
+  out.append(" ").append(public_b64_).append(" ").append(sig_b64);
+  if (key) out.append(" ").append(key_id);
+  out.append("\n").append(body);
   return out;
 }
 

@@ -59,11 +59,9 @@ class Metrics {
 
 // The reasons a message from the bus is refused (bosun_messages_refused_total).
 inline constexpr std::string_view kRefusedReasons[] = {
-    "too_large",     "bad_json",      "bad_message",
-    "wrong_node",    "bad_id",        "subject_mismatch",
-    "bad_envelope",  "bad_signature", "unknown_key",
-    "pending_key",   "rejected_key",  "conflicting_key",
-    "impersonation", "stale",         "not_allowed",
-    "other"};
+    "too_large",        "bad_json",        "bad_message",    "wrong_node",  "bad_id",
+    "subject_mismatch", "bad_envelope",    "bad_signature",  "unknown_key", "pending_key",
+    "rejected_key",     "conflicting_key", "impersonation",  "stale",       "not_allowed",
+    "bad_ciphertext",   "not_encrypted",   "unknown_secret", "other"};
 
 }  // namespace bosun::host

@@ -59,6 +59,7 @@ void Node::start() {
     d.trust = std::make_unique<TrustStore>(*d.store, d.config.node.name,
                                            d.identity->public_key_b64(), d.config.node.central);
     d.trust->configure(d.config.security);
+    d.start_crypt();
   }
   d.load_modules();
   d.start_transport();
@@ -177,7 +178,8 @@ void Node::Impl::shutdown() {
   // An update or reload in progress ends first; later ones see `stopping`.
   { std::lock_guard<std::mutex> barrier(update_mu); }
   unload_all();
-  pool->join();  // destroyed with the node, after io
+  if (rsa_maker.joinable()) rsa_maker.join();  // a first start's RSA key, being made
+  pool->join();                                // destroyed with the node, after io
   deadlines.clear();
   socket.reset();
   store.reset();

@@ -22,6 +22,7 @@
 #include "bosun/host/module.hpp"
 #include "bosun/host/node.hpp"
 #include "bosun/host/store.hpp"
+#include "crypt.hpp"
 #include "deadlines.hpp"
 #include "metrics.hpp"
 #include "security.hpp"
@@ -356,8 +357,10 @@ struct Node::Impl {
   // the refusal and says why. `record`: an unknown key becomes pending.
   // A message of this node's own comes back as signer == its name only when
   // `own_ok` (its events).
+  // `plain` holds the body when it travelled encrypted: only requests and
+  // replies may be (without `plain` an encrypted envelope is refused).
   bool open_envelope(const Incoming& in, bool record, bool own_ok, std::string& signer,
-                     std::string_view& body, std::string* why);
+                     std::string_view& body, std::string* why, std::string* plain = nullptr);
   // Whether `m`, from an authenticated peer, may run here (security.allow).
   bool authorized(const Message& m, std::string* why) const;
   // Central: hand the accepted keys to every accepted node (soon, once).
@@ -366,6 +369,27 @@ struct Node::Impl {
   std::atomic<bool> key_set_due{false};
   void announce_key();
   nlohmann::json keys_op(const std::string& action, const std::string& node);
+
+  // Key exchange and the cluster secret (crypt.hpp, node_crypt.cpp).
+  mutable std::mutex crypt_mu;
+  std::shared_ptr<RsaKey> rsa;  // null until loaded or made (in the background)
+  std::thread rsa_maker;        // makes it at first start; joined at shutdown
+  std::shared_ptr<const ClusterKey> cluster_key, previous_cluster_key;
+  void start_crypt();
+  std::shared_ptr<RsaKey> rsa_key() const;
+  std::string rsa_public_pem() const;  // "" while it is being made
+  std::shared_ptr<const ClusterKey> current_cluster_key() const;
+  // Makes `secret` the cluster secret (kept in the store, never logged);
+  // "" or why not.
+  std::string install_cluster_secret(std::string secret, const std::string& from);
+  // seal() of a request or reply: encrypted once a cluster secret is set,
+  // unless its method is one that delivers keys or the secret.
+  std::string seal_request(std::string_view subject, std::string_view body) const;
+  bool open_payload(const Incoming& in, const Envelope& env, std::string* plain,
+                    std::string_view& body, std::string* why);
+  // The RSA key a peer announced (in the body of announce_key), recorded
+  // when the envelope verified with the peer's pending or accepted key.
+  void note_announced_rsa(const Incoming& in, const Envelope& env);
 
   // metrics.cpp's Metrics when metrics.listen is set (started first in
   // Node::start, never reset: it is the last member, so it is destroyed
@@ -386,6 +410,21 @@ struct Node::Impl {
     if (metrics) metrics->count_update(result.value("plugin", ""), result.value("status", ""));
   }
 };
+
+// The host API of ABI 1.3 (node_crypt.cpp).
+bosun_status api_peer_keys(bosun_host* host, bosun_on_value on_value, void* user_data);
+bosun_status api_encrypt_to_node(bosun_host* host, const char* node, size_t node_len,
+                                 const char* data, size_t len, bosun_on_value on_value,
+                                 void* user_data);
+bosun_status api_decrypt_for_self(bosun_host* host, const char* data, size_t len,
+                                  bosun_on_value on_value, void* user_data);
+bosun_status api_cluster_secret_set(bosun_host* host, const char* secret, size_t len);
+bosun_status api_cluster_secret_seal_for(bosun_host* host, const char* node, size_t node_len,
+                                         bosun_on_value on_value, void* user_data);
+bosun_status api_cluster_secret_receive(bosun_call* call, const char* data, size_t len,
+                                        bosun_on_value on_value, void* user_data);
+bosun_status api_key_control(bosun_call* call, const char* request_json, size_t len,
+                             bosun_on_value on_value, void* user_data);
 
 const bosun_host_api* host_api_table();
 double effective_timeout_s(const Config& config, const Message& m);

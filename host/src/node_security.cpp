@@ -15,6 +15,13 @@ namespace {
 // Reply methods that only record an answer (DESIGN §9's sinks, relay's
 // forwarding of a reply): any peer may answer a node with these. Any other
 // reply method runs only if the peer may invoke it as a request.
+bool is_crypt_method(const std::string& method) {
+  return method == "push_public_key" || method == "update_public_key" ||
+         method == "delete_public_key" || method == "request_public_keys" ||
+         method == "push_cluster_secret" || method == "request_cluster_secret" ||
+         method == "receive_cluster_secret";
+}
+
 bool answer_only(const std::string& method) {
   return method == "none" || method == "to_file" || method == "to_file_append" ||
          method == "to_console" || method == "error_log" || method == "relay_reply";
@@ -28,7 +35,7 @@ std::string Node::Impl::seal(std::string_view subject, std::string_view body) co
 }
 
 bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std::string& signer,
-                               std::string_view& body, std::string* why) {
+                               std::string_view& body, std::string* why, std::string* plain) {
   if (!identity) {
     signer.clear();
     body = in.data;
@@ -44,7 +51,7 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
   if (!parse_envelope(in.data, env, &problem)) return refuse("bad_envelope", problem);
   const int64_t now = now_ms();
   std::string signed_bytes =
-      envelope_signed_bytes(env.signer, env.signed_at_ms, in.subject, env.body);
+      envelope_signed_bytes(env.signer, env.signed_at_ms, in.subject, env.body, env.key_id);
   PkeyPtr key;
   if (env.signer == config.node.name && env.public_key == identity->public_key_raw()) {
     key = ed25519_public_key(env.public_key);
@@ -71,6 +78,8 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
                       env.signer + "): changed on the way, or forged");
   }
   TrustVerdict v = trust->check(env.signer, env.public_key, record, now);
+  // A pending key's announcement still brings its RSA key (for once it is accepted).
+  if (v.ok || v.reason == "pending_key" || v.reason == "unknown_key") note_announced_rsa(in, env);
   if (!v.ok) return refuse(v.reason, v.text);
   if (v.added) {
     spdlog::info("accepted the key of {} ({})", env.signer,
@@ -88,7 +97,7 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
   }
   signer = env.signer;
   body = env.body;
-  return true;
+  return open_payload(in, env, plain, body, why);
 }
 
 bool Node::Impl::authorized(const Message& m, std::string* why) const {
@@ -100,6 +109,13 @@ bool Node::Impl::authorized(const Message& m, std::string* why) const {
     // only central hands out keys.
     if (me == central &&
         (m.method == "hello" || m.method == "error_log" || m.method == "announce_key")) {
+      return true;
+    }
+    // The crypt module's messages from central; any accepted peer may ask
+    // central for the keys or the secret (which goes only to accepted nodes).
+    if (is_crypt_method(m.method) && m.from_node == central) return true;
+    if (me == central &&
+        (m.method == "request_cluster_secret" || m.method == "request_public_keys")) {
       return true;
     }
     if (m.method == "key_set" || m.method == "announce_key") {
@@ -127,6 +143,10 @@ bool Node::Impl::authorized(const Message& m, std::string* why) const {
 
 void Node::Impl::announce_key() {
   if (!identity || config.broker.standalone() || config.node.name == config.node.central) return;
+  // Both keys, once the RSA key is there: at a first start it is made in the
+  // background, which then announces (one announcement per start).
+  std::string rsa_pem = rsa_public_pem();
+  if (rsa_pem.empty()) return;
   // The key travels in the envelope; the central node records it as
   // pending (or knows it). A short budget: the node announces again at its
   // next start, and its heartbeats carry the key too.
@@ -135,7 +155,7 @@ void Node::Impl::announce_key() {
   m.from_node = config.node.name;
   m.to_node = config.node.central;
   m.method = "announce_key";
-  m.data = nlohmann::json{{"ed25519", identity->public_key_b64()}}.dump();
+  m.data = nlohmann::json{{"ed25519", identity->public_key_b64()}, {"rsa", rsa_pem}}.dump();
   m.sent_at_ms = now_ms();
   m.retries = 2;
   m.reply_method = "none";
@@ -152,7 +172,7 @@ void Node::Impl::distribute_keys() {
     key_set_timer->async_wait([this](const boost::system::error_code& ec) {
       if (ec) return;
       key_set_due = false;
-      nlohmann::json set = trust->accepted_set();
+      nlohmann::json set = trust->accepted_set(rsa_public_pem());
       std::string data = set.dump();
       for (const auto& item : set.items()) {
         if (item.key() == config.node.name) continue;
@@ -176,9 +196,13 @@ nlohmann::json Node::Impl::keys_op(const std::string& action, const std::string&
   auto list = [&] {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& k : trust->list()) out.push_back(k.to_json());
-    return nlohmann::json{{"node", config.node.name},
-                          {"publicKey", identity ? identity->public_key_b64() : ""},
-                          {"keys", out}};
+    auto secret = current_cluster_key();
+    return nlohmann::json{
+        {"node", config.node.name},
+        {"publicKey", identity ? identity->public_key_b64() : ""},
+        {"rsa", rsa_public_pem()},
+        {"clusterSecret", {{"set", secret != nullptr}, {"keyId", secret ? secret->id() : ""}}},
+        {"keys", out}};
   };
   if (action == "list") return list();
   if (action != "accept" && action != "reject") {

@@ -2,6 +2,7 @@
 
 #include "bosun/host/message.hpp"
 #include "bosun/host/store.hpp"
+#include "crypt.hpp"
 #include "security.hpp"
 
 namespace bosun::host {
@@ -32,8 +33,13 @@ std::string_view key_state_name(KeyState s) {
 }
 
 nlohmann::json PeerKey::to_json() const {
-  return {{"node", node},     {"publicKey", public_key_b64}, {"state", key_state_name(state)},
-          {"source", source}, {"firstSeen", first_seen_ms},  {"lastSeen", last_seen_ms}};
+  return {{"node", node},
+          {"publicKey", public_key_b64},
+          {"rsa", rsa_pem},
+          {"state", key_state_name(state)},
+          {"source", source},
+          {"firstSeen", first_seen_ms},
+          {"lastSeen", last_seen_ms}};
 }
 
 namespace {
@@ -56,6 +62,7 @@ TrustStore::TrustStore(Store& store, std::string self, std::string self_public_b
     PeerKey k;
     k.node = std::string(key.substr(kKeyPrefix.size()));
     k.public_key_b64 = j.value("publicKey", "");
+    k.rsa_pem = j.value("rsa", "");
     k.state = state_from(j.value("state", ""));
     k.source = j.value("source", "");
     k.first_seen_ms = j.value("firstSeen", int64_t{0});
@@ -77,6 +84,7 @@ TrustStore::Entry TrustStore::make_entry(PeerKey info) const {
 
 void TrustStore::save(const PeerKey& k) {
   nlohmann::json j = {{"publicKey", k.public_key_b64},
+                      {"rsa", k.rsa_pem},
                       {"state", key_state_name(k.state)},
                       {"source", k.source},
                       {"firstSeen", k.first_seen_ms}};
@@ -240,12 +248,64 @@ std::string TrustStore::reject(const std::string& node) {
   return "";
 }
 
-nlohmann::json TrustStore::accepted_set() const {
+std::string TrustStore::remove(const std::string& node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = keys_.find(node);
+  if (it == keys_.end()) return "no key of " + node + " is known on " + self_;
+  if (pinned_.count(node)) {
+    return "the key of " + node + " is pinned in the config (security.keys); remove it there";
+  }
+  if (it->second.info.state == KeyState::pending) --pending_;
+  keys_.erase(it);
+  store_.write([k = std::string(kKeyPrefix) + node](WriteTxn& t) { t.del(Db::meta, k); });
+  return "";
+}
+
+std::string TrustStore::set_rsa(const std::string& node, const std::string& ed25519_raw,
+                                const std::string& rsa_pem) {
+  std::string problem = rsa_public_key_problem(rsa_pem);
+  if (!problem.empty()) return "the RSA key " + node + " announced is " + problem;
+  const std::string b64 = base64_encode(ed25519_raw);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = keys_.find(node);
+  if (it == keys_.end() || it->second.info.public_key_b64 != b64 ||
+      it->second.info.state == KeyState::rejected) {
+    return "the RSA key of " + node + " is not signed with a key " + self_ + " holds for it";
+  }
+  if (it->second.info.rsa_pem == rsa_pem) return "";
+  it->second.info.rsa_pem = rsa_pem;
+  save(it->second.info);
+  return "";
+}
+
+std::string TrustStore::accepted_rsa(const std::string& node, std::string* why) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = keys_.find(node);
+  if (it == keys_.end()) {
+    *why = "no key of " + node + " is known on " + self_;
+    return "";
+  }
+  const PeerKey& k = it->second.info;
+  if (k.state != KeyState::accepted) {
+    *why = "the key of " + node + " is " + std::string(key_state_name(k.state)) + " on " + self_ +
+           ", not accepted";
+    return "";
+  }
+  if (k.rsa_pem.empty()) {
+    *why = node + " has not announced an RSA key to " + self_ + " yet";
+    return "";
+  }
+  return k.rsa_pem;
+}
+
+nlohmann::json TrustStore::accepted_set(const std::string& self_rsa_pem) const {
   std::lock_guard<std::mutex> lock(mu_);
   nlohmann::json out = nlohmann::json::object();
-  out[self_] = self_public_b64_;
+  out[self_] = {{"ed25519", self_public_b64_}, {"rsa", self_rsa_pem}};
   for (const auto& [n, e] : keys_) {
-    if (e.info.state == KeyState::accepted) out[n] = e.info.public_key_b64;
+    if (e.info.state == KeyState::accepted) {
+      out[n] = {{"ed25519", e.info.public_key_b64}, {"rsa", e.info.rsa_pem}};
+    }
   }
   return out;
 }
@@ -256,17 +316,34 @@ int TrustStore::apply_key_set(const nlohmann::json& keys, std::vector<std::strin
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& item : keys.items()) {
     const std::string& node = item.key();
-    if (node == self_ || !item.value().is_string() || !is_valid_token(node)) continue;
-    std::string b64 = item.value().get<std::string>();
+    const auto& v = item.value();
+    if (node == self_ || !v.is_object() || !is_valid_token(node)) continue;
+    std::string b64 =
+        v.contains("ed25519") && v["ed25519"].is_string() ? v["ed25519"].get<std::string>() : "";
+    std::string rsa = v.contains("rsa") && v["rsa"].is_string() ? v["rsa"].get<std::string>() : "";
     std::string raw;
     if (!base64_decode(b64, raw) || raw.size() != 32) {
       if (ignored) ignored->push_back(node + ": not an Ed25519 key");
       continue;
     }
+    if (!rsa.empty() && !rsa_public_key_problem(rsa).empty()) {
+      if (ignored) ignored->push_back(node + ": the RSA key is " + rsa_public_key_problem(rsa));
+      rsa.clear();
+    }
     auto it = keys_.find(node);
     if (it != keys_.end()) {
-      const PeerKey& have = it->second.info;
-      if (have.public_key_b64 == b64 && have.state == KeyState::accepted) continue;
+      PeerKey& have = it->second.info;
+      if (have.public_key_b64 == b64 && have.state == KeyState::accepted) {
+        // The same signing key: its RSA key is the central node's word
+        // unless this node already holds one for a key it decided on.
+        bool own = have.source != "central";
+        if (!rsa.empty() && rsa != have.rsa_pem && (!own || have.rsa_pem.empty())) {
+          have.rsa_pem = rsa;
+          save(have);
+          ++changed;
+        }
+        continue;
+      }
       bool operator_decided =
           have.source == "config" || have.source == "operator" || have.source == "first contact";
       if (operator_decided && have.state != KeyState::pending) {
@@ -281,6 +358,7 @@ int TrustStore::apply_key_set(const nlohmann::json& keys, std::vector<std::strin
     PeerKey k;
     k.node = node;
     k.public_key_b64 = b64;
+    k.rsa_pem = rsa;
     k.state = KeyState::accepted;
     k.source = "central";
     save(k);

@@ -40,6 +40,12 @@ namespace bosun::host {
 class Store;
 
 constexpr std::string_view kEnvelopeMagic = "BSN1 ";
+// The same with a body encrypted with the cluster secret (crypt.hpp):
+//   BSN2 <signer> <signedAtMs> <public key> <signature> <key id>\n<nonce|ciphertext|tag>
+// signed over the ciphertext and the key id besides.
+constexpr std::string_view kEncryptedMagic = "BSN2 ";
+
+class ClusterKey;
 
 struct Envelope {
   std::string signer;
@@ -47,13 +53,17 @@ struct Envelope {
   std::string public_key;  // raw, 32 bytes
   std::string signature;   // raw, 64 bytes
   std::string_view body;   // points into the wire bytes
+  bool encrypted = false;  // BSN2: body is nonce | ciphertext | tag
+  std::string key_id;      // BSN2: which cluster secret
 };
 
 // Parses the envelope's first line; on failure says what is wrong in `why`.
 bool parse_envelope(std::string_view wire, Envelope& out, std::string* why);
 // The bytes the signature covers.
+// The bytes the signature covers (`key_id` of an encrypted envelope).
 std::string envelope_signed_bytes(std::string_view signer, int64_t signed_at_ms,
-                                  std::string_view subject, std::string_view body);
+                                  std::string_view subject, std::string_view body,
+                                  std::string_view key_id = {});
 bool base64_decode(std::string_view text, std::string& out);
 
 struct PkeyFree {
@@ -70,9 +80,10 @@ class Identity {
   static Identity load_or_create(const std::filesystem::path& data_dir);
   const std::string& public_key_raw() const { return public_raw_; }
   const std::string& public_key_b64() const { return public_b64_; }
-  // The whole envelope for `body` published on `subject`.
+  // The whole envelope for `body` published on `subject`; with `key` the
+  // body travels encrypted (BSN2).
   std::string seal(std::string_view signer, std::string_view subject, std::string_view body,
-                   int64_t now_ms) const;
+                   int64_t now_ms, const ClusterKey* key = nullptr) const;
 
  private:
   explicit Identity(Ed25519Key key);
@@ -86,6 +97,7 @@ std::string_view key_state_name(KeyState s);
 struct PeerKey {
   std::string node;
   std::string public_key_b64;
+  std::string rsa_pem;  // its RSA public key for key exchange, once it announced one
   KeyState state = KeyState::pending;
   std::string source;  // config, operator, first contact, autoAccept, central, seen
   int64_t first_seen_ms = 0;
@@ -119,8 +131,18 @@ class TrustStore {
   // Operator decisions; return "" or why not.
   std::string accept(const std::string& node, const std::string& source = "operator");
   std::string reject(const std::string& node);
-  // The accepted keys, as the central node hands them out: {node: key}.
-  nlohmann::json accepted_set() const;
+  // Forgets a peer's key (not one pinned in the config); "" or why not.
+  std::string remove(const std::string& node);
+  // The RSA key `node` announced in a message signed with `ed25519_raw`,
+  // which must be the (pending or accepted) key this store holds for it;
+  // "" or why not.
+  std::string set_rsa(const std::string& node, const std::string& ed25519_raw,
+                      const std::string& rsa_pem);
+  // The RSA key of an accepted node; "" with `why` set otherwise.
+  std::string accepted_rsa(const std::string& node, std::string* why) const;
+  // The accepted keys, as the central node hands them out:
+  // {node: {"ed25519": key, "rsa": PEM or ""}}.
+  nlohmann::json accepted_set(const std::string& self_rsa_pem) const;
   // A key set from the central node. A key the operator or the config
   // accepted is never replaced. Returns how many keys changed.
   int apply_key_set(const nlohmann::json& keys, std::vector<std::string>* ignored);

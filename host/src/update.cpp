@@ -111,6 +111,14 @@ const bosun_host_api kProbeApi = {
     .node_info = &p_json,
     .plugins_get = &p_list,
     .plugin_control = &p_control,
+    // A probed module gets no keys: it only has to load, init and shut down.
+    .peer_keys = &p_json,
+    .encrypt_to_node = nullptr,
+    .decrypt_for_self = nullptr,
+    .cluster_secret_set = nullptr,
+    .cluster_secret_seal_for = nullptr,
+    .cluster_secret_receive = nullptr,
+    .key_control = nullptr,
 };
 
 // In the child: returns "" when the module loads, inits and shuts down.

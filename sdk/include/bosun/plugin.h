@@ -51,7 +51,7 @@ extern "C" {
  * module built for another major. Appending a function to bosun_host_api or
  * a field to the end of a struct bumps the minor only. */
 #define BOSUN_ABI_MAJOR 1
-#define BOSUN_ABI_MINOR 2
+#define BOSUN_ABI_MINOR 3
 #define BOSUN_ABI_VERSION (((uint32_t)BOSUN_ABI_MAJOR << 16) | (uint32_t)BOSUN_ABI_MINOR)
 #define BOSUN_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
 #define BOSUN_ABI_MINOR_OF(v) ((uint32_t)(v)&0xFFFFu)
@@ -297,6 +297,65 @@ struct bosun_host_api {
    * Returns BOSUN_OK whenever an UpdateResult was delivered, even "failed". */
   bosun_status (*plugin_control)(bosun_host* host, const char* request_json, size_t len,
                                  bosun_on_value on_value, void* user_data);
+
+  /* ---- ABI 1.3: keys and the cluster secret (DESIGN §7, the crypt module) ----
+   *
+   * Each of these delivers its result through `on_value` (BORROWED for the
+   * callback) and returns BOSUN_OK; on failure it returns an error status
+   * and delivers, through `on_value` too, a text saying what was wrong. Any
+   * thread may call them (handlers, timers). The host keeps the private keys
+   * and the cluster secret: no function here hands the secret to a module. */
+
+  /* The trust store as a JSON object: {"node", "central", "ed25519" and
+   * "rsa" (this node's public keys; "rsa" is "" while the key is still being
+   * made), "clusterSecret": {"set": bool, "keyId": 16 hex digits naming it},
+   * "keys": [{"node", "publicKey", "rsa", "state" (pending, accepted or
+   * rejected), "source", "firstSeen", "lastSeen"}, ...]}. */
+  bosun_status (*peer_keys)(bosun_host* host, bosun_on_value on_value, void* user_data);
+
+  /* `data` (copied; at most 318 bytes) RSA-OAEP-SHA256 encrypted to the RSA
+   * key that this node's trust store holds for `node`, as base64. Refused
+   * with BOSUN_ERR_NOT_FOUND unless that node's key is accepted here and
+   * the node announced an RSA key; a caller can never name the key. */
+  bosun_status (*encrypt_to_node)(bosun_host* host, const char* node, size_t node_len,
+                                  const char* data, size_t len, bosun_on_value on_value,
+                                  void* user_data);
+
+  /* The plaintext of base64 `data` (copied) encrypted to this node's RSA
+   * key (by encrypt_to_node on a peer). */
+  bosun_status (*decrypt_for_self)(bosun_host* host, const char* data, size_t len,
+                                   bosun_on_value on_value, void* user_data);
+
+  /* Sets this node's cluster secret: 32 bytes (copied), or NULL and 0 for
+   * fresh random bytes. Kept in the node's store, never logged; from then on
+   * requests and replies travel AES-256-GCM encrypted. */
+  bosun_status (*cluster_secret_set)(bosun_host* host, const char* secret, size_t len);
+
+  /* The current cluster secret encrypted to `node` as encrypt_to_node does
+   * (base64), for a receive_cluster_secret message to it. BOSUN_ERR_NOT_FOUND
+   * when this node has no secret or `node` is not accepted here. */
+  bosun_status (*cluster_secret_seal_for)(bosun_host* host, const char* node, size_t node_len,
+                                          bosun_on_value on_value, void* user_data);
+
+  /* Installs the cluster secret that a running call brought: `data` (copied)
+   * is cluster_secret_seal_for's base64 from the central node. Refused
+   * unless the call's sender is the central node. Delivers the secret's key
+   * id. */
+  bosun_status (*cluster_secret_receive)(bosun_call* call, const char* data, size_t len,
+                                         bosun_on_value on_value, void* user_data);
+
+  /* Key operations on behalf of a running call; the request is a JSON
+   * object (copied):
+   *   {"op": "accepted_set"}: the keys this node accepted, itself included,
+   *     {node: {"ed25519", "rsa"}}, as the central node hands them out;
+   *   {"op": "apply", "keys": {node: {"ed25519", "rsa"}}}: take a key set;
+   *     only when the call's sender is the central node, and never replacing
+   *     a key the operator or the config decided on; delivers
+   *     {"changed": n, "ignored": ["node: why", ...]};
+   *   {"op": "delete", "node"}: forget a peer's key (not one pinned in the
+   *     config); only when the call's sender is this node or central. */
+  bosun_status (*key_control)(bosun_call* call, const char* request_json, size_t len,
+                              bosun_on_value on_value, void* user_data);
 };
 
 /* True when `api` has the function `member` (appended after the module was

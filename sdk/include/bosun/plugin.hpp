@@ -110,6 +110,45 @@ class Host {
     return out;
   }
 
+  // ---- ABI 1.3: keys and the cluster secret (plugin.h). Each throws
+  // Error with the host's text when it refuses; BOSUN_ERR_UNSUPPORTED on an
+  // older host.
+  std::string peer_keys() const {
+    need(BOSUN_HOST_HAS(api_, peer_keys), "peer_keys");
+    std::string out;
+    check_text(api_->peer_keys(host_, &assign, &out), "peer_keys", out);
+    return out;
+  }
+  // Base64 of `data` encrypted to the RSA key this node accepted for `node`.
+  std::string encrypt_to_node(std::string_view node, std::string_view data) const {
+    need(BOSUN_HOST_HAS(api_, encrypt_to_node), "encrypt_to_node");
+    std::string out;
+    check_text(api_->encrypt_to_node(host_, node.data(), node.size(), data.data(), data.size(),
+                                     &assign, &out),
+               "encrypt_to_node", out);
+    return out;
+  }
+  std::string decrypt_for_self(std::string_view base64) const {
+    need(BOSUN_HOST_HAS(api_, decrypt_for_self), "decrypt_for_self");
+    std::string out;
+    check_text(api_->decrypt_for_self(host_, base64.data(), base64.size(), &assign, &out),
+               "decrypt_for_self", out);
+    return out;
+  }
+  // A fresh random cluster secret when `secret` is empty.
+  void cluster_secret_set(std::string_view secret = {}) const {
+    need(BOSUN_HOST_HAS(api_, cluster_secret_set), "cluster_secret_set");
+    check(api_->cluster_secret_set(host_, secret.empty() ? nullptr : secret.data(), secret.size()),
+          "cluster_secret_set");
+  }
+  std::string cluster_secret_seal_for(std::string_view node) const {
+    need(BOSUN_HOST_HAS(api_, cluster_secret_seal_for), "cluster_secret_seal_for");
+    std::string out;
+    check_text(api_->cluster_secret_seal_for(host_, node.data(), node.size(), &assign, &out),
+               "cluster_secret_seal_for", out);
+    return out;
+  }
+
   // Send a JSON array (or one object) of messages.
   void send(std::string_view messages_json) const {
     check(api_->send(host_, messages_json.data(), messages_json.size()), "send");
@@ -140,12 +179,21 @@ class Host {
   static void check(bosun_status st, const char* what) {
     if (st != BOSUN_OK) throw Error(std::string(what) + " failed: " + bosun_status_name(st), st);
   }
-
- private:
+  // The same where the host delivered its reason as the value.
+  static void check_text(bosun_status st, const char* what, const std::string& text) {
+    if (st == BOSUN_OK) return;
+    throw Error(std::string(what) + ": " + (text.empty() ? bosun_status_name(st) : text), st);
+  }
+  static void need(bool has, const char* what) {
+    if (!has) {
+      throw Error(std::string("this host has no ") + what + " (ABI < 1.3)", BOSUN_ERR_UNSUPPORTED);
+    }
+  }
   static void assign(void* user_data, const char* value, size_t len) {
     static_cast<std::string*>(user_data)->assign(value == nullptr ? "" : value, len);
   }
 
+ private:
   bosun_host* host_ = nullptr;
   const bosun_host_api* api_ = nullptr;
 };
@@ -195,6 +243,26 @@ class Call {
   // Send messages on behalf of this call (authorized as its sender).
   void send(std::string_view messages_json) const {
     Host::check(api_->call_send(call_, messages_json.data(), messages_json.size()), "call_send");
+  }
+
+  // ABI 1.3: install the cluster secret this call brought (only from the
+  // central node); returns its key id.
+  std::string cluster_secret_receive(std::string_view base64) const {
+    Host::need(BOSUN_HOST_HAS(api_, cluster_secret_receive), "cluster_secret_receive");
+    std::string out;
+    Host::check_text(
+        api_->cluster_secret_receive(call_, base64.data(), base64.size(), &Host::assign, &out),
+        "cluster_secret_receive", out);
+    return out;
+  }
+  // ABI 1.3: a key_control request (plugin.h); returns what the host delivered.
+  std::string key_control(std::string_view request_json) const {
+    Host::need(BOSUN_HOST_HAS(api_, key_control), "key_control");
+    std::string out;
+    Host::check_text(
+        api_->key_control(call_, request_json.data(), request_json.size(), &Host::assign, &out),
+        "key_control", out);
+    return out;
   }
 
   bosun_call* handle() const noexcept { return call_; }

@@ -1,0 +1,395 @@
+// Issue 6, the crypt module against real nodes on a real nats-server: RSA
+// key exchange, the cluster secret delivered only to accepted nodes, and
+// with it requests and replies that cross the bus AES-256-GCM encrypted; a
+// tampered ciphertext runs nothing; a peer cannot replace keys; no secret
+// in any log.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "../host/src/crypt.hpp"
+#include "../host/src/security.hpp"
+#include "../host/src/signing.hpp"
+#include "bosun/host/client.hpp"
+#include "bosun/host/message.hpp"
+#include "bosun/host/store.hpp"
+#include "bosun/host/transport.hpp"
+#include "cluster_harness.hpp"
+#include "node_harness.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using bosun::test::ClusterHarness;
+using bosun::test::ClusterNode;
+using bosun::test::envelope_body;
+using bosun::test::final_replies;
+using bosun::test::sealed_by;
+using bosun::test::TempDir;
+using bosun::test::wait_until;
+using nlohmann::json;
+namespace fs = std::filesystem;
+namespace host = bosun::host;
+
+json keys_op(ClusterNode& n, const std::string& action, const std::string& node = {}) {
+  json out;
+  host::NodeClient c(n.socket());
+  c.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
+    out = line;
+    return false;
+  });
+  return out;
+}
+
+json peer(ClusterNode& n, const std::string& name) {
+  for (const auto& k : keys_op(n, "list").value("keys", json::array())) {
+    if (k.value("node", "") == name) return k;
+  }
+  return json::object();
+}
+
+std::string key_state(ClusterNode& n, const std::string& name) {
+  json k = peer(n, name);
+  return k.empty() ? "" : k.value("state", "") + "/" + k.value("source", "");
+}
+
+std::string secret_id(ClusterNode& n) {
+  return keys_op(n, "list").value("clusterSecret", json::object()).value("keyId", "");
+}
+
+uint64_t refused(ClusterNode& n, const std::string& reason) {
+  return n.counters().value("refused", json::object()).value(reason, uint64_t{0});
+}
+
+json message(const std::string& to, const std::string& method, std::vector<std::string> args = {},
+             const std::string& data = {}) {
+  json m = {
+      {"toNode", to}, {"method", method}, {"methodArgs", args}, {"ACKTimeout", 1}, {"retries", 2}};
+  if (!data.empty()) m["data"] = data;
+  return m;
+}
+
+json one_reply(ClusterNode& from, const json& m, double wait_s = 20) {
+  auto finals = final_replies(from.send(json::array({m}), true, wait_s));
+  return finals.size() == 1 ? finals[0] : json{{"replies", finals.size()}};
+}
+
+class CryptTest : public ::testing::Test {
+ protected:
+  ClusterNode& add(const std::string& name) {
+    ClusterNode& n = h_.add_node(name);
+    n.config().erase("security");
+    n.add_module(bosun::test::plugin_module("cli"));
+    n.add_module(bosun::test::plugin_module("crypt"));
+    return n;
+  }
+
+  void accept(ClusterNode& central, ClusterNode& ship) {
+    ASSERT_TRUE(wait_until([&] { return key_state(central, ship.name()) == "pending/seen"; }, 10s))
+        << key_state(central, ship.name());
+    ASSERT_FALSE(keys_op(central, "accept", ship.name()).contains("error"));
+  }
+
+  // Waits until `n` holds an RSA key for `name` (made in the background at
+  // first start, then announced).
+  void wait_rsa(ClusterNode& n, const std::string& name) {
+    ASSERT_TRUE(wait_until([&] { return !peer(n, name).value("rsa", "").empty(); }, 60s))
+        << n.name() << " has no RSA key of " << name;
+  }
+
+  ClusterHarness h_;
+};
+
+TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.start();
+  ship1.start();
+  ship2.start();
+  accept(central, ship1);
+  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+
+  // Key exchange: central learns ship1's RSA key from its announcement,
+  // ship1 central's from push_public_key.
+  wait_rsa(central, "ship1");
+  wait_rsa(central, "ship2");  // recorded with the pending key, used once accepted
+  ASSERT_TRUE(wait_until([&] { return !keys_op(central, "list").value("rsa", "").empty(); }, 60s));
+  json pushed = one_reply(central, message("central", "push_public_key"));
+  ASSERT_EQ(pushed.value("status", ""), "ok") << pushed.dump();
+  EXPECT_EQ(json::parse(pushed.value("data", "{}"))["sentTo"], json::array({"ship1"}));
+  ASSERT_TRUE(wait_until([&] { return !peer(ship1, "central").value("rsa", "").empty(); }, 10s));
+  EXPECT_EQ(peer(ship1, "central")["rsa"], keys_op(central, "list")["rsa"]);
+  EXPECT_EQ(key_state(ship1, "central"), "accepted/first contact");
+
+  // The secret: made on central, sent to ship1 only.
+  json secret = one_reply(central, message("central", "push_cluster_secret"));
+  ASSERT_EQ(secret.value("status", ""), "ok") << secret.dump();
+  json result = json::parse(secret.value("data", "{}"));
+  const std::string id = result.value("keyId", "");
+  ASSERT_EQ(id.size(), 16u) << result.dump();
+  EXPECT_EQ(result["sentTo"], json::array({"ship1"}));
+  EXPECT_EQ(secret_id(central), id);
+  ASSERT_TRUE(wait_until([&] { return secret_id(ship1) == id; }, 10s)) << secret_id(ship1);
+
+  // A pending node asking for it is refused, and gets nothing.
+  uint64_t pending_before = refused(central, "pending_key");
+  json asked = one_reply(ship2, message("central", "request_cluster_secret"), 10);
+  EXPECT_EQ(asked.value("status", ""), "error") << asked.dump();
+  EXPECT_GT(refused(central, "pending_key"), pending_before);
+  EXPECT_EQ(secret_id(ship2), "");
+
+  // Once accepted, it may ask, and gets the same secret.
+  ASSERT_FALSE(keys_op(central, "accept", "ship2").contains("error"));
+  ship2.send(json::array({message("central", "request_cluster_secret")}), false);
+  ASSERT_TRUE(wait_until([&] { return secret_id(ship2) == id; }, 15s)) << secret_id(ship2);
+
+  // Commands work end to end, and what crosses the bus is ciphertext.
+  host::BrokerConfig bc;
+  bc.servers = h_.servers();
+  bc.connect_timeout_ms = 2000;
+  host::Transport bus(bc, "listener");
+  bus.connect(false);
+  std::mutex mu;
+  std::vector<host::Incoming> seen;
+  bus.subscribe("bosun.req.>", [&](host::Incoming&& in) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(std::move(in));
+  });
+  const std::string marker = "MARKER-plaintext-4711";
+  fs::path ran = h_.root() / "ran";
+  json run = one_reply(central, message("ship1", "cli_command",
+                                        {"sh", "-c", "echo " + marker + " >> " + ran.string()}));
+  ASSERT_EQ(run.value("status", ""), "ok") << run.dump();
+  EXPECT_EQ(bosun::test::read_file(ran), marker + "\n");
+  std::string request_wire;
+  {
+    ASSERT_TRUE(wait_until(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          return seen.size() >= 2;
+        },
+        10s));
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& in : seen) {
+      EXPECT_EQ(in.data.find(marker), std::string::npos) << in.subject << " carries the marker";
+      if (in.subject == "bosun.req.ship1.cli_command") {
+        EXPECT_EQ(in.data.rfind("BSN2 ", 0), 0u) << in.subject;
+        request_wire = in.data;
+      }
+      if (in.subject.rfind("bosun.req.central.", 0) == 0) {
+        EXPECT_EQ(in.data.rfind("BSN2 ", 0), 0u) << in.subject;
+      }
+    }
+  }
+  ASSERT_FALSE(request_wire.empty());
+
+  // A tampered ciphertext, signed afresh with central's own key: refused as
+  // bad_ciphertext, and nothing runs.
+  host::Envelope env;
+  std::string why;
+  ASSERT_TRUE(host::parse_envelope(request_wire, env, &why)) << why;
+  ASSERT_TRUE(env.encrypted);
+  EXPECT_EQ(env.key_id, id);
+  std::string tampered(env.body);
+  tampered[tampered.size() / 2] ^= 1;
+  const std::string subject = "bosun.req.ship1.cli_command";
+  auto central_key = host::Ed25519Key::load(central.data_dir() / "keys" / "node.ed25519.pem");
+  int64_t ts = host::now_ms();
+  std::string sig =
+      central_key.sign(host::envelope_signed_bytes("central", ts, subject, tampered, env.key_id));
+  std::string forged = "BSN2 central " + std::to_string(ts) + " " +
+                       host::base64_encode(central_key.public_key_raw()) + " " +
+                       host::base64_encode(sig) + " " + env.key_id + "\n" + tampered;
+  uint64_t bad_before = refused(ship1, "bad_ciphertext");
+  auto answer = bus.request(subject, forged, 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(envelope_body(*answer).rfind("NAK ", 0), 0u) << envelope_body(*answer);
+  EXPECT_NE(envelope_body(*answer).find("does not decrypt"), std::string::npos);
+  EXPECT_EQ(refused(ship1, "bad_ciphertext"), bad_before + 1);
+  EXPECT_NE(ship1.log().find("does not decrypt with cluster secret " + id), std::string::npos);
+
+  // A request in clear, once ship1 has a secret: refused as not_encrypted.
+  host::Message plain;
+  plain.id = host::new_message_id();
+  plain.from_node = "central";
+  plain.to_node = "ship1";
+  plain.method = "cli_command";
+  plain.method_args = {"sh", "-c", "echo clear >> " + ran.string()};
+  plain.sent_at_ms = host::now_ms();
+  uint64_t clear_before = refused(ship1, "not_encrypted");
+  answer = bus.request(subject, sealed_by(central, subject, host::to_json(plain).dump()), 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_NE(envelope_body(*answer).find("in clear"), std::string::npos) << envelope_body(*answer);
+  EXPECT_EQ(refused(ship1, "not_encrypted"), clear_before + 1);
+
+  // Still serving, and nothing of the refused ones ran.
+  json again = one_reply(central, message("ship1", "ping"));
+  EXPECT_EQ(again.value("data", ""), "pong") << again.dump();
+  EXPECT_EQ(bosun::test::read_file(ran), marker + "\n");
+
+  // Rotation: a new secret reaches both ships; commands still work.
+  json rotated = one_reply(central, message("central", "push_cluster_secret", {"rotate"}));
+  const std::string id2 = json::parse(rotated.value("data", "{}")).value("keyId", "");
+  ASSERT_EQ(id2.size(), 16u) << rotated.dump();
+  EXPECT_NE(id2, id);
+  ASSERT_TRUE(wait_until([&] { return secret_id(ship1) == id2 && secret_id(ship2) == id2; }, 15s));
+  EXPECT_EQ(one_reply(central, message("ship2", "ping")).value("data", ""), "pong");
+
+  // The secret outlives a restart (kept in the store).
+  ship1.restart();
+  EXPECT_EQ(secret_id(ship1), id2);
+  EXPECT_EQ(one_reply(central, message("ship1", "ping")).value("data", ""), "pong");
+
+  // Key files are private.
+  for (ClusterNode* n : {&central, &ship1, &ship2}) {
+    struct stat st {};
+    fs::path f = n->data_dir() / "keys" / "node.rsa.pem";
+    ASSERT_EQ(::stat(f.c_str(), &st), 0) << f;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << f;
+  }
+
+  // No secret in any log: the stored secrets, as base64 and as hex.
+  central.stop();
+  ship1.stop();
+  ship2.stop();
+  std::vector<std::string> secrets;
+  for (ClusterNode* n : {&central, &ship1, &ship2}) {
+    host::Store store(n->data_dir() / "state", {});
+    auto s = store.meta_get("cluster/secret");
+    ASSERT_TRUE(s.has_value()) << n->name();
+    ASSERT_EQ(s->size(), 32u);
+    secrets.push_back(*s);
+  }
+  EXPECT_EQ(secrets[0], secrets[1]);
+  for (const auto& s : secrets) {
+    std::string b64 = host::base64_encode(s);
+    std::string hex;
+    static const char* digits = "0123456789abcdef";
+    for (unsigned char c : s) {
+      hex.push_back(digits[c >> 4]);
+      hex.push_back(digits[c & 15]);
+    }
+    for (ClusterNode* n : {&central, &ship1, &ship2}) {
+      std::string log = n->log();
+      EXPECT_EQ(log.find(b64), std::string::npos) << n->name();
+      EXPECT_EQ(log.find(b64.substr(0, 24)), std::string::npos) << n->name();
+      EXPECT_EQ(log.find(hex.substr(0, 24)), std::string::npos) << n->name();
+    }
+  }
+}
+
+TEST_F(CryptTest, APeerCannotReplaceKeysTheOperatorOrCentralDecided) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  // ship2 lets ship1 invoke update_public_key: the host still takes keys
+  // only from central.
+  ship2.config()["security"]["allow"] = {{"central", {"*"}}, {"ship1", {"update_public_key"}}};
+  central.start();
+  ship1.start();
+  ship2.start();
+  accept(central, ship1);
+  accept(central, ship2);
+  ASSERT_EQ(one_reply(central, message("ship2", "ping")).value("data", ""), "pong");
+  ASSERT_TRUE(wait_until([&] { return key_state(ship2, "ship1") == "accepted/central"; }, 10s));
+  ASSERT_EQ(key_state(ship2, "central"), "accepted/first contact");
+  const std::string central_key = peer(ship2, "central").value("publicKey", "");
+
+  TempDir other_dir;
+  auto other = host::Identity::load_or_create(other_dir.path());
+  json forged_set = {{"central", {{"ed25519", other.public_key_b64()}, {"rsa", ""}}},
+                     {"ship1", {{"ed25519", other.public_key_b64()}, {"rsa", ""}}}};
+
+  // From ship1 to central: not allowed at all.
+  uint64_t not_allowed = refused(central, "not_allowed");
+  json r = one_reply(ship1, message("central", "update_public_key", {}, forged_set.dump()), 10);
+  EXPECT_EQ(r.value("status", ""), "error") << r.dump();
+  EXPECT_EQ(refused(central, "not_allowed"), not_allowed + 1);
+
+  // From ship1 to ship2, allowed there: the host refuses the keys.
+  r = one_reply(ship1, message("ship2", "update_public_key", {}, forged_set.dump()));
+  EXPECT_EQ(r.value("status", ""), "error") << r.dump();
+  EXPECT_NE(r.value("error", "").find("keys are taken only from the central node central"),
+            std::string::npos)
+      << r.dump();
+  EXPECT_EQ(peer(ship2, "central").value("publicKey", ""), central_key);
+
+  // Even central's word does not replace a key ship2 pinned itself.
+  r = one_reply(central, message("ship2", "update_public_key", {}, forged_set.dump()));
+  EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
+  json applied = json::parse(r.value("data", "{}"));
+  EXPECT_EQ(peer(ship2, "central").value("publicKey", ""), central_key) << applied.dump();
+  EXPECT_EQ(key_state(ship2, "central"), "accepted/first contact");
+  // ship1 was central's word, and central may change it.
+  EXPECT_EQ(peer(ship2, "ship1").value("publicKey", ""), other.public_key_b64()) << applied.dump();
+  EXPECT_EQ(applied.value("changed", 0), 1) << applied.dump();
+
+  // A key the operator decided on stays, whoever sends a set.
+  ASSERT_FALSE(keys_op(ship2, "reject", "ship1").contains("error"));
+  json real_set = {{"ship1",
+                    {{"ed25519", peer(central, "ship1").value("publicKey", "")},
+                     {"rsa", peer(central, "ship1").value("rsa", "")}}}};
+  r = one_reply(central, message("ship2", "update_public_key", {}, real_set.dump()));
+  EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
+  EXPECT_EQ(key_state(ship2, "ship1"), "rejected/operator");
+
+  // The operator may forget a key (delete_public_key, sent to the node itself).
+  r = one_reply(ship2, message("ship2", "delete_public_key", {"ship1"}));
+  EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
+  EXPECT_EQ(key_state(ship2, "ship1"), "");
+  // A peer cannot: ship1 asking ship2 to forget central is refused.
+  r = one_reply(ship1, message("ship2", "delete_public_key", {"central"}), 10);
+  EXPECT_EQ(r.value("status", ""), "error") << r.dump();
+  EXPECT_EQ(key_state(ship2, "central"), "accepted/first contact");
+}
+
+TEST_F(CryptTest, ModulesEncryptOnlyToTheKeysOfAcceptedNodes) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.add_module(bosun::test::fixture_module("fx_keys"));
+  ship1.add_module(bosun::test::fixture_module("fx_keys"));
+  central.start();
+  ship1.start();
+  ship2.start();
+  accept(central, ship1);
+  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+  wait_rsa(central, "ship1");
+  wait_rsa(central, "ship2");
+
+  json sealed = one_reply(central, message("central", "encrypt_to", {"ship1", "for ship1 only"}));
+  ASSERT_EQ(sealed.value("status", ""), "ok") << sealed.dump();
+  const std::string b64 = sealed.value("data", "");
+  EXPECT_EQ(b64.size(), 512u) << b64;  // 384 bytes: RSA-3072
+  json opened = one_reply(central, message("ship1", "decrypt", {b64}));
+  EXPECT_EQ(opened.value("data", ""), "for ship1 only") << opened.dump();
+  // Only ship1's key opens it.
+  json wrong = one_reply(central, message("central", "decrypt", {b64}));
+  EXPECT_EQ(wrong.value("status", ""), "error") << wrong.dump();
+  EXPECT_NE(wrong.value("error", "").find("does not decrypt with this node's RSA key"),
+            std::string::npos)
+      << wrong.dump();
+
+  // A pending, an unknown and a rejected node get nothing.
+  json pending = one_reply(central, message("central", "encrypt_to", {"ship2", "x"}));
+  EXPECT_NE(pending.value("error", "").find("the key of ship2 is pending on central"),
+            std::string::npos)
+      << pending.dump();
+  json unknown = one_reply(central, message("central", "encrypt_to", {"nobody", "x"}));
+  EXPECT_NE(unknown.value("error", "").find("no key of nobody is known on central"),
+            std::string::npos)
+      << unknown.dump();
+  ASSERT_FALSE(keys_op(central, "reject", "ship1").contains("error"));
+  json rejected = one_reply(central, message("central", "encrypt_to", {"ship1", "x"}));
+  EXPECT_NE(rejected.value("error", "").find("the key of ship1 is rejected on central"),
+            std::string::npos)
+      << rejected.dump();
+}
+
+}  // namespace
