@@ -56,9 +56,26 @@ void check_module_permissions(const fs::path& path) {
   check_owner_and_mode(path, dir, "folder");
 }
 
+namespace {
+std::mutex g_loader_mu;
+bool g_forked_child = false;  // set once, in a single-threaded child
+}  // namespace
+
+std::unique_lock<std::mutex> ModuleFile::loader_lock() {
+  if (g_forked_child) return {};
+  return std::unique_lock<std::mutex>(g_loader_mu);
+}
+
+void ModuleFile::in_forked_child() {
+  g_forked_child = true;
+}
+
 ModuleFile::~ModuleFile() {
 #ifndef BOSUN_SANITIZED
-  if (handle_ != nullptr) ::dlclose(handle_);
+  if (handle_ != nullptr) {
+    auto lock = loader_lock();
+    ::dlclose(handle_);
+  }
 #endif
 }
 
@@ -84,6 +101,7 @@ std::unique_ptr<ModuleFile> ModuleFile::open(const fs::path& path,
 
   std::unique_ptr<ModuleFile> m(new ModuleFile());
   m->path_ = path;
+  auto lock = loader_lock();
   ::dlerror();
   m->handle_ = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (m->handle_ == nullptr) {

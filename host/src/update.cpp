@@ -152,7 +152,14 @@ std::string Node::Impl::probe_module(const fs::path& path, const std::string& na
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
   std::string settings = current_config()->extension(name).settings.dump();
+  // No other thread is inside dlopen/dlclose while we fork (module.hpp).
+  auto loader = ModuleFile::loader_lock();
   pid_t pid = ::fork();
+  if (pid == 0) {
+    ModuleFile::in_forked_child();
+  } else {
+    loader.unlock();
+  }
   if (pid < 0) {
     ::close(fds[0]);
     ::close(fds[1]);

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -48,6 +49,14 @@ class ModuleFile {
   // sentence that names the file and what is wrong.
   static std::unique_ptr<ModuleFile> open(const std::filesystem::path& path,
                                           const std::string& expected_name = "");
+
+  // Held around every dlopen and dlclose of a module. The update probe
+  // forks the host while other threads may be loading or unloading modules;
+  // forking under this lock means the child never inherits a dynamic loader
+  // lock that some other thread held (its own dlopen would wait forever).
+  static std::unique_lock<std::mutex> loader_lock();
+  // In the forked probe child: the lock above stays with the parent.
+  static void in_forked_child();
 
  private:
   ModuleFile() = default;
