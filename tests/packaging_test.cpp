@@ -18,8 +18,8 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const fs::path kPrefix = BOSUN_INSTALL_PREFIX;
-const std::vector<std::string> kModules = {"beat", "cli",   "crypt", "filecopy",
-                                           "node", "relay", "sinks", "tail"};
+const std::vector<std::string> kModules = {"beat",  "cli",   "crypt", "filecopy", "node",
+                                           "relay", "sinks", "tail",  "vault"};
 
 TEST(Install, LaysOutBinaryModulesSdkConfigAndUnit) {
   ASSERT_TRUE(fs::exists(kPrefix))

@@ -218,22 +218,7 @@ class Vault : public bosun::Plugin {
         host.kv_delete(kKvToken);
       }
     }
-    if (token_.empty() && !settings_.token_file.empty()) {
-      std::ifstream in(settings_.token_file);
-      std::string t;
-      std::getline(in, t);
-      while (!t.empty() && (t.back() == '\r' || t.back() == ' ')) t.pop_back();
-      if (!in && t.empty()) {
-        host.warn("vault settings.tokenFile " + settings_.token_file + ": cannot read it");
-      } else if (!plausible_token(t)) {
-        host.warn("vault settings.tokenFile " + settings_.token_file + ": not a token");
-      } else {
-        token_ = t;
-        store_locked();
-        host.info("a Vault token read from " + settings_.token_file +
-                  "; checking it with lookup-self");
-      }
-    }
+    if (token_.empty()) load_token_file({});
     vault_backoff_ = settings_.retry_min;
     request_backoff_ = settings_.retry_min;
     start_timer(milliseconds(50), milliseconds(200), [this] { tick(); });
@@ -410,6 +395,32 @@ class Vault : public bosun::Plugin {
     return asked;
   }
 
+  // Takes the token in settings.tokenFile unless it is `not_this` (the one
+  // just dropped); true when it did.
+  bool load_token_file(const std::string& not_this) {
+    if (settings_.token_file.empty()) return false;
+    std::ifstream in(settings_.token_file);
+    std::string t;
+    std::getline(in, t);
+    while (!t.empty() && (t.back() == '\r' || t.back() == ' ')) t.pop_back();
+    if (t.empty()) {
+      host().warn("vault settings.tokenFile " + settings_.token_file + ": cannot read a token");
+      return false;
+    }
+    if (!plausible_token(t)) {
+      host().warn("vault settings.tokenFile " + settings_.token_file + ": not a token");
+      return false;
+    }
+    if (t == not_this) return false;
+    token_ = t;
+    verified_ = false;
+    next_vault_ = Clock::now();
+    store_locked();
+    host().info("a Vault token read from " + settings_.token_file +
+                "; checking it with lookup-self");
+    return true;
+  }
+
   void store_locked() {
     try {
       host().kv_put(kKvToken, seal(key_, token_));
@@ -419,11 +430,16 @@ class Vault : public bosun::Plugin {
   }
 
   void drop_locked(const std::string& why) {
-    host().warn("the Vault token is no longer valid (" + why + "); asking the peers for a new one");
+    std::string dropped = std::move(token_);
     token_.clear();
     verified_ = false;
     ttl_s_ = 0;
     host().kv_delete(kKvToken);
+    if (load_token_file(dropped)) {
+      host().warn("the Vault token is no longer valid (" + why + "); took the one in tokenFile");
+      return;
+    }
+    host().warn("the Vault token is no longer valid (" + why + "); asking the peers for a new one");
     next_request_ = Clock::now();
     request_backoff_ = settings_.retry_min;
   }
@@ -494,6 +510,7 @@ class Vault : public bosun::Plugin {
     }
     verified_ = true;
     ttl_s_ = ttl;
+    expires_ = Clock::now() + std::chrono::seconds(ttl);
     vault_backoff_ = settings_.retry_min;
     if (renew) {
       renewals_++;
@@ -516,6 +533,11 @@ class Vault : public bosun::Plugin {
   void failed_locked(const std::string& what) {
     vault_errors_++;
     last_error_ = what;
+    if (verified_ && ttl_s_ > 0 && Clock::now() >= expires_) {
+      host().error(what);
+      drop_locked("renewal failed until its TTL ran out");
+      return;
+    }
     host().error(what + "; retrying in " + std::to_string(vault_backoff_.count()) + " ms");
     next_vault_ = Clock::now() + vault_backoff_;
     vault_backoff_ = std::min(vault_backoff_ * 2, settings_.retry_max);
@@ -532,6 +554,7 @@ class Vault : public bosun::Plugin {
   bool verified_ = false;
   int64_t ttl_s_ = 0;
   Clock::time_point next_vault_{};
+  Clock::time_point expires_{};
   Clock::time_point next_request_{};
   milliseconds vault_backoff_{1000};
   milliseconds request_backoff_{1000};
