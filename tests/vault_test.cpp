@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../host/src/crypt.hpp"
 #include "../host/src/security.hpp"
 #include "bosun/host/client.hpp"
 #include "bosun/host/message.hpp"
@@ -99,12 +100,16 @@ class VaultTest : public ::testing::Test {
     return s.is_object() && s.value("verified", false);
   }
 
-  // The token that `n` holds, through the local-only call other modules use.
-  // Not added to seen_: this one reply is meant to carry it.
+  // The token that `n` holds, through the local-only call other modules
+  // use: sealed to n's own RSA key, opened here with n's key file as
+  // decrypt_for_self does. The reply goes to seen_ too: it carries no token.
   std::string token_of(ClusterNode& n) {
-    auto finals = final_replies(n.send(json::array({message(n.name(), "vault_token")})));
-    return finals.size() == 1 && finals[0].value("status", "") == "ok" ? finals[0].value("data", "")
-                                                                       : "";
+    json r = one_reply(n, message(n.name(), "vault_token"));
+    if (r.value("status", "") != "ok") return "";
+    std::string raw;
+    if (!host::base64_decode(r.value("data", ""), raw)) return "not base64";
+    auto key = host::RsaKey::load(n.data_dir() / "keys" / "node.rsa.pem");
+    return key->decrypt(raw);
   }
 
   void expect_absent(const std::string& token, std::vector<ClusterNode*> nodes) {
@@ -175,12 +180,11 @@ TEST_F(VaultTest, HandOffRenewalAndANewRequestAfterRevocation) {
   json r2 = one_reply(ship1, message("ship1", "request_token"));
   EXPECT_EQ(r2.value("status", ""), "ok") << r2.dump();
 
-  // At rest the KV holds ciphertext: the token is not in central's files
-  // (central, which nobody asked vault_token: that reply is the one meant to
-  // carry the token).
+  // At rest the KV holds ciphertext: the token is in no file of either node
+  // (the store, the audit log which keeps every message, the KV).
   central.stop();
   ship1.stop();
-  for (ClusterNode* n : {&central}) {
+  for (ClusterNode* n : {&central, &ship1}) {
     for (const auto& e : fs::recursive_directory_iterator(n->data_dir())) {
       if (!e.is_regular_file() || e.path().extension() == ".sock") continue;
       std::string bytes = bosun::test::read_file(e.path());

@@ -10,8 +10,9 @@
 //   push_vault_token node..  send this node's token to the nodes named
 //                            (operator, on this node only)
 //   receive_vault_token      a token from a peer: decrypt, store, use
-//   vault_token              the token itself, only to a call from this node
-//                            (the way other modules obtain it)
+//   vault_token              the token sealed to this node's own RSA key, only
+//                            to a call from this node (the way other modules
+//                            obtain it: they open it with decrypt_for_self)
 //   vault_status             what the module knows, without the token
 //
 // Peers asked: every node whose key is accepted in this node's trust store
@@ -23,7 +24,9 @@
 // random key in <dataDir>/vault/token.key (0600) that never leaves the node.
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -183,6 +186,39 @@ std::string load_or_make_key(const fs::path& dir) {
   return key;
 }
 
+// `data` RSA-OAEP-SHA256 (MGF1-SHA256) encrypted to the PEM public key, as
+// base64: what the host's decrypt_for_self opens when the key is this node's.
+std::string rsa_seal_b64(const std::string& public_pem, const std::string& data) {
+  BIO* bio = BIO_new_mem_buf(public_pem.data(), static_cast<int>(public_pem.size()));
+  EVP_PKEY* key = bio != nullptr ? PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr) : nullptr;
+  BIO_free(bio);
+  if (key == nullptr) throw Error("vault: this node's RSA public key does not parse");
+  EVP_PKEY_CTX* c = EVP_PKEY_CTX_new(key, nullptr);
+  size_t n = 0;
+  std::string out;
+  bool ok = c != nullptr && EVP_PKEY_encrypt_init(c) > 0 &&
+            EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) > 0 &&
+            EVP_PKEY_CTX_set_rsa_oaep_md(c, EVP_sha256()) > 0 &&
+            EVP_PKEY_CTX_set_rsa_mgf1_md(c, EVP_sha256()) > 0 &&
+            EVP_PKEY_encrypt(c, nullptr, &n, reinterpret_cast<const unsigned char*>(data.data()),
+                             data.size()) > 0;
+  if (ok) {
+    out.resize(n);
+    ok = EVP_PKEY_encrypt(c, reinterpret_cast<unsigned char*>(out.data()), &n,
+                          reinterpret_cast<const unsigned char*>(data.data()), data.size()) > 0;
+    out.resize(n);
+  }
+  EVP_PKEY_CTX_free(c);
+  EVP_PKEY_free(key);
+  if (!ok) throw Error("vault: RSA-OAEP encryption to this node's key failed");
+  std::string b64(4 * ((out.size() + 2) / 3) + 1, '\0');
+  int len = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()),
+                            reinterpret_cast<const unsigned char*>(out.data()),
+                            static_cast<int>(out.size()));
+  b64.resize(static_cast<size_t>(len));
+  return b64;
+}
+
 bool plausible_token(const std::string& t) {
   if (t.empty() || t.size() > kMaxToken) return false;
   return std::all_of(t.begin(), t.end(), [](char c) { return c > 0x20 && c < 0x7f; });
@@ -298,13 +334,25 @@ class Vault : public bosun::Plugin {
     c.reply("a Vault token received on " + self_);
   }
 
-  // The token itself, for modules and operators on this node only.
+  // The token for modules on this node only, sealed to this node's own RSA
+  // key (the host's, from peer_keys): the caller opens it with
+  // decrypt_for_self, and the reply (which the host keeps in its audit log,
+  // like every message) carries ciphertext only.
   void vault_token(bosun::Call& c) {
     local_only(c);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (token_.empty() || !verified_)
-      throw Error("no Vault token that Vault accepted on " + self_ + " yet", BOSUN_ERR_NOT_FOUND);
-    c.reply(token_);
+    std::string token;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (token_.empty() || !verified_) {
+        throw Error("no Vault token that Vault accepted on " + self_ + " yet", BOSUN_ERR_NOT_FOUND);
+      }
+      token = token_;
+    }
+    json keys = json::parse(host().peer_keys(), nullptr, false);
+    std::string pem = keys.is_object() ? keys.value("rsa", "") : "";
+    if (pem.empty())
+      throw Error("the RSA key of " + self_ + " is not there yet", BOSUN_ERR_NOT_FOUND);
+    c.reply(rsa_seal_b64(pem, token));
   }
 
   void vault_status(bosun::Call& c) {
@@ -573,5 +621,5 @@ BOSUN_PLUGIN(Vault, "vault", kVersion, "Vault token lifecycle: hand-off between 
                           "this node only: send the token to the nodes in methodArgs"),
              BOSUN_METHOD(Vault, receive_vault_token,
                           "take a token a peer sent, encrypted to this node"),
-             BOSUN_METHOD(Vault, vault_token, "this node only: the current Vault token"),
+             BOSUN_METHOD(Vault, vault_token, "this node only: the token, sealed to this node's RSA key"),
              BOSUN_METHOD(Vault, vault_status, "the module's state, without the token"))
