@@ -352,4 +352,29 @@ TEST_F(VaultTest, DisabledByDefault) {
   EXPECT_EQ(one_reply(n, message("central", "ping")).value("data", ""), "pong");
 }
 
+TEST_F(VaultTest, BadSettingsAreRefusedNamingTheSetting) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.config()["extensions"]["vault"]["settings"]["address"] = "http://127.0.0.1:8200";
+  ship1.config()["extensions"]["vault"]["settings"]["renewAt"] = 1.5;
+  ship2.config()["extensions"]["vault"]["settings"]["adress"] = "https://127.0.0.1:8200";
+  central.start();
+  ship1.start();
+  ship2.start();
+  EXPECT_NE(central.log().find(
+                "vault settings.address \"http://127.0.0.1:8200\" must start with https://"),
+            std::string::npos)
+      << central.log();
+  EXPECT_NE(ship1.log().find("vault settings.renewAt: must be a number between 0 and 1"),
+            std::string::npos)
+      << ship1.log();
+  EXPECT_NE(ship2.log().find("module vault failed: init failed (BOSUN_ERR_INIT_FAILED): vault "
+                             "settings: unknown key \"adress\""),
+            std::string::npos)
+      << ship2.log();
+  // The nodes serve without it.
+  EXPECT_EQ(one_reply(central, message("ship2", "ping")).value("data", ""), "pong");
+}
+
 }  // namespace

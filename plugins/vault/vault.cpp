@@ -232,7 +232,11 @@ class Vault : public bosun::Plugin {
       throw bosun::NotApplicable("vault is disabled (settings.enabled is false)");
     }
     if (settings_.address.empty()) throw std::invalid_argument("vault settings.address: missing");
-    url_ = vault::parse_url(settings_.address);
+    try {
+      url_ = vault::parse_url(settings_.address);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("vault settings.") + e.what());
+    }
     if (!settings_.ca_file.empty() && !fs::exists(settings_.ca_file)) {
       throw std::invalid_argument("vault settings.caFile: no such file " + settings_.ca_file);
     }
@@ -621,5 +625,6 @@ BOSUN_PLUGIN(Vault, "vault", kVersion, "Vault token lifecycle: hand-off between 
                           "this node only: send the token to the nodes in methodArgs"),
              BOSUN_METHOD(Vault, receive_vault_token,
                           "take a token a peer sent, encrypted to this node"),
-             BOSUN_METHOD(Vault, vault_token, "this node only: the token, sealed to this node's RSA key"),
+             BOSUN_METHOD(Vault, vault_token,
+                          "this node only: the token, sealed to this node's RSA key"),
              BOSUN_METHOD(Vault, vault_status, "the module's state, without the token"))
