@@ -377,4 +377,30 @@ TEST_F(VaultTest, BadSettingsAreRefusedNamingTheSetting) {
   EXPECT_EQ(one_reply(central, message("ship2", "ping")).value("data", ""), "pong");
 }
 
+TEST_F(VaultTest, ATokenThatCannotBeRenewedBeforeItsTtlRunsOutIsDroppedAndAskedFor) {
+  const std::string token = stub_.add_token(3);
+  ClusterNode& central = add("central", token);
+  central.start();
+  ASSERT_TRUE(wait_until([&] { return verified(central); }, 30s)) << status(central).dump();
+  json before = status(central);
+  stub_.set_sealed(true);
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return central.log().find(
+                   "the Vault token is no longer valid (renewal failed until its "
+                   "TTL ran out)") != std::string::npos;
+      },
+      20s))
+      << central.log();
+  EXPECT_NE(central.log().find(" answered 503 to renew-self; retrying in 200 ms"),
+            std::string::npos);
+  ASSERT_TRUE(wait_until(
+      [&] { return status(central).value("requestsSent", 0) > before.value("requestsSent", 0); },
+      10s));
+  EXPECT_FALSE(status(central).value("hasToken", true));
+  EXPECT_EQ(one_reply(central, message("central", "ping")).value("data", ""), "pong");
+  central.stop();
+  expect_absent(token, {&central});
+}
+
 }  // namespace

@@ -122,6 +122,10 @@ std::string VaultStub::handle(const std::string& method, const std::string& targ
     status = 403;
     return std::string(R"({"errors":["permission denied"]})");
   };
+  if (sealed_) {
+    status = 503;
+    return std::string(R"({"errors":["Vault is sealed"]})");
+  }
   auto it = tokens_.find(token);
   auto now = Clock::now();
   if (it == tokens_.end()) return denied();

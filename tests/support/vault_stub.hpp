@@ -35,6 +35,8 @@ class VaultStub {
   // much again); returns it.
   std::string add_token(int64_t ttl_s);
   void revoke(const std::string& token);
+  // While sealed, every request is answered 503, as a sealed Vault does.
+  void set_sealed(bool sealed) { sealed_ = sealed; }
 
   struct Stats {
     int lookups = 0;
@@ -62,6 +64,7 @@ class VaultStub {
   std::filesystem::path key_file_;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> sealed_{false};
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::thread thread_;
