@@ -996,6 +996,17 @@ int cli_main(int argc, char** argv) {
   check->add_option("--config", config_file, "config file")->required();
   check->add_flag("--json", as_json, "{ok, file, node} or {ok, file, path, error}");
 
+  // Internal (no help entry): the update probe runs here, in a process of
+  // its own, so that a module that crashes takes only this process down.
+  std::string probe_path, probe_name, probe_settings, probe_node, probe_dir;
+  auto* probe = app.add_subcommand("probe-module", "");
+  probe->group("");
+  probe->add_option("path", probe_path)->required();
+  probe->add_option("name", probe_name)->required();
+  probe->add_option("settings", probe_settings)->required();
+  probe->add_option("node", probe_node)->required();
+  probe->add_option("dataDir", probe_dir)->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -1003,6 +1014,13 @@ int cli_main(int argc, char** argv) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
 
+  if (probe->parsed()) {
+    ::alarm(10);  // a module that hangs in init fails the probe
+    std::string err =
+        run_module_probe(probe_path, probe_name, probe_settings, probe_node, probe_dir);
+    std::cout << (err.empty() ? "OK" : err) << std::flush;
+    return err.empty() ? kExitOk : kExitFailed;
+  }
   if (run->parsed()) return cmd_run(config_file, log_level);
   if (send->parsed()) return cmd_send(config_file, file, to, method, args, wait, timeout, as_json);
   if (plugins->parsed()) return cmd_plugins(config_file, as_json);

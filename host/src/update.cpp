@@ -146,18 +146,55 @@ std::string probe_in_child(const fs::path& path, const std::string& name,
   }
 }
 
+// The executable to run a probe in: $BOSUN_PROBE_EXE, else this process's
+// own file when it is `bosun`; empty: fork without exec (a library user).
+std::string probe_executable() {
+  if (const char* e = std::getenv("BOSUN_PROBE_EXE"); e != nullptr && *e != '\0') return e;
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec && self.filename() == "bosun") return self.string();
+  return {};
+}
+
 }  // namespace
+
+std::string run_module_probe(const fs::path& path, const std::string& name,
+                             const std::string& settings, const std::string& node,
+                             const std::string& data_dir) {
+  g_probe_node = node;
+  g_probe_dir = data_dir;
+  return probe_in_child(path, name, settings);
+}
 
 std::string Node::Impl::probe_module(const fs::path& path, const std::string& name) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
   std::string settings = current_config()->extension(name).settings.dump();
-  // No other thread is inside dlopen/dlclose while we fork (module.hpp).
+  // A fresh process (`bosun probe-module`) when we can: a fork of this
+  // multi-threaded process inherits whatever lock another thread held at
+  // that instant (the dynamic loader's, an allocator's: GCC 12's ASan
+  // allocator is not fork-safe), and the child may wait on it for ever.
+  const std::string exe = probe_executable();
+  std::vector<std::string> argv_text;
+  std::vector<char*> argv;
+  if (!exe.empty()) {
+    argv_text = {exe,      "probe-module",   path.string(), name,
+                 settings, config.node.name, data_dir_text};
+    for (auto& a : argv_text) argv.push_back(a.data());
+    argv.push_back(nullptr);
+  }
+  // Without exec: no other thread is inside dlopen/dlclose while we fork.
   auto loader = ModuleFile::loader_lock();
+  if (!exe.empty()) loader.unlock();
   pid_t pid = ::fork();
+  if (pid == 0 && !exe.empty()) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::execv(exe.c_str(), argv.data());
+    ::_exit(127);
+  }
   if (pid == 0) {
     ModuleFile::in_forked_child();
-  } else {
+  } else if (loader.owns_lock()) {
     loader.unlock();
   }
   if (pid < 0) {
@@ -205,6 +242,9 @@ std::string Node::Impl::probe_module(const fs::path& path, const std::string& na
            std::to_string(WTERMSIG(status)) + ", " + ::strsignal(WTERMSIG(status)) + ")";
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && text == "OK") return "";
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && text.empty() && !exe.empty()) {
+    return "cannot run the probe " + exe + " (exec failed)";
+  }
   return text.empty() ? "the probe exited with code " + std::to_string(WEXITSTATUS(status)) : text;
 }
 

@@ -19,6 +19,16 @@
 
 namespace bosun::test {
 
+namespace {
+// Nodes run inside test binaries probe updated modules in `bosun
+// probe-module` (a fresh process), as `bosun run` does, not in a fork of the
+// test binary.
+[[maybe_unused]] const bool kProbeExeSet = [] {
+  ::setenv("BOSUN_PROBE_EXE", BOSUN_BIN, 0);
+  return true;
+}();
+}  // namespace
+
 namespace fs = std::filesystem;
 
 TempDir::TempDir() {

@@ -71,4 +71,11 @@ class ModuleFile {
 // (this user or root). Throws ModuleLoadError naming the offender.
 void check_module_permissions(const std::filesystem::path& path);
 
+// The update probe's work (DESIGN §6 step 2), run in a process of its own
+// (`bosun probe-module`): opens `path`, inits the module with a stand-in host
+// API (KV in memory, nothing sent), shuts it down. Returns "" or why not.
+std::string run_module_probe(const std::filesystem::path& path, const std::string& name,
+                             const std::string& settings, const std::string& node,
+                             const std::string& data_dir);
+
 }  // namespace bosun::host
