@@ -532,7 +532,9 @@ TEST_F(UpdateTest, AHundredUpdatesMapAtMostTwoVersions) {
   for (int i = 0; i < 100; ++i) {
     Message r = call(i % 2 == 0 ? to_110 : to_100, 30s);
     ASSERT_EQ(result_of(r).value("status", ""), "updated") << "update " << i << ": " << r.data;
-    ASSERT_LT(std::chrono::steady_clock::now() - t0, 60s) << "after " << i << " updates";
+    // A bound on the loop, not a speed goal: each update probes the module
+    // in a fresh `bosun probe-module` process, ~0.5 s under ASan.
+    ASSERT_LT(std::chrono::steady_clock::now() - t0, 200s) << "after " << i << " updates";
   }
   EXPECT_EQ(greet(), "hello from n1 (hello 1.0.0)");
   // Only two staged files, each reused 50 times.
