@@ -80,8 +80,9 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   std::string_view sig = next_field(line);
   std::string_view key_id = encrypted ? next_field(line) : std::string_view{};
   if (!line.empty()) {
-    return fail(std::string("envelope header has more than ") + (encrypted ? "5" : "4") +
-                " fields");
+    // Two whole literals: GCC 12 -O2 misreads the concatenation as an overread.
+    return fail(encrypted ? "envelope header has more than 5 fields"
+                          : "envelope header has more than 4 fields");
   }
   if (encrypted) {
     bool hex = key_id.size() == 16;
