@@ -19,6 +19,7 @@
 
 namespace bosun::test {
 
+#ifdef BOSUN_BIN  // defined for the tests' support library, not the benchmarks'
 namespace {
 // Nodes run inside test binaries probe updated modules in `bosun
 // probe-module` (a fresh process), as `bosun run` does, not in a fork of the
@@ -28,6 +29,7 @@ namespace {
   return true;
 }();
 }  // namespace
+#endif
 
 namespace fs = std::filesystem;
 
