@@ -36,34 +36,8 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 namespace host = bosun::host;
 
-json keys_op(ClusterNode& n, const std::string& action, const std::string& node = {}) {
-  json out;
-  host::NodeClient c(n.socket());
-  c.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
-    out = line;
-    return false;
-  });
-  return out;
-}
-
-json peer(ClusterNode& n, const std::string& name) {
-  for (const auto& k : keys_op(n, "list").value("keys", json::array())) {
-    if (k.value("node", "") == name) return k;
-  }
-  return json::object();
-}
-
-std::string key_state(ClusterNode& n, const std::string& name) {
-  json k = peer(n, name);
-  return k.empty() ? "" : k.value("state", "") + "/" + k.value("source", "");
-}
-
 std::string secret_id(ClusterNode& n) {
-  return keys_op(n, "list").value("clusterSecret", json::object()).value("keyId", "");
-}
-
-uint64_t refused(ClusterNode& n, const std::string& reason) {
-  return n.counters().value("refused", json::object()).value(reason, uint64_t{0});
+  return n.keys("list").value("clusterSecret", json::object()).value("keyId", "");
 }
 
 json message(const std::string& to, const std::string& method, std::vector<std::string> args = {},
@@ -90,15 +64,15 @@ class CryptTest : public ::testing::Test {
   }
 
   void accept(ClusterNode& central, ClusterNode& ship) {
-    ASSERT_TRUE(wait_until([&] { return key_state(central, ship.name()) == "pending/seen"; }, 10s))
-        << key_state(central, ship.name());
-    ASSERT_FALSE(keys_op(central, "accept", ship.name()).contains("error"));
+    ASSERT_TRUE(wait_until([&] { return central.key_state(ship.name()) == "pending/seen"; }, 10s))
+        << central.key_state(ship.name());
+    ASSERT_FALSE(central.keys("accept", ship.name()).contains("error"));
   }
 
   // Waits until `n` holds an RSA key for `name` (made in the background at
   // first start, then announced).
   void wait_rsa(ClusterNode& n, const std::string& name) {
-    ASSERT_TRUE(wait_until([&] { return !peer(n, name).value("rsa", "").empty(); }, 60s))
+    ASSERT_TRUE(wait_until([&] { return !n.peer_key(name).value("rsa", "").empty(); }, 60s))
         << n.name() << " has no RSA key of " << name;
   }
 
@@ -113,19 +87,19 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   ship1.start();
   ship2.start();
   accept(central, ship1);
-  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship2") == "pending/seen"; }, 10s));
 
   // Key exchange: central learns ship1's RSA key from its announcement,
   // ship1 central's from push_public_key.
   wait_rsa(central, "ship1");
   wait_rsa(central, "ship2");  // recorded with the pending key, used once accepted
-  ASSERT_TRUE(wait_until([&] { return !keys_op(central, "list").value("rsa", "").empty(); }, 60s));
+  ASSERT_TRUE(wait_until([&] { return !central.keys("list").value("rsa", "").empty(); }, 60s));
   json pushed = one_reply(central, message("central", "push_public_key"));
   ASSERT_EQ(pushed.value("status", ""), "ok") << pushed.dump();
   EXPECT_EQ(json::parse(pushed.value("data", "{}"))["sentTo"], json::array({"ship1"}));
-  ASSERT_TRUE(wait_until([&] { return !peer(ship1, "central").value("rsa", "").empty(); }, 10s));
-  EXPECT_EQ(peer(ship1, "central")["rsa"], keys_op(central, "list")["rsa"]);
-  EXPECT_EQ(key_state(ship1, "central"), "accepted/first contact");
+  ASSERT_TRUE(wait_until([&] { return !ship1.peer_key("central").value("rsa", "").empty(); }, 10s));
+  EXPECT_EQ(ship1.peer_key("central")["rsa"], central.keys("list")["rsa"]);
+  EXPECT_EQ(ship1.key_state("central"), "accepted/first contact");
 
   // The secret: made on central, sent to ship1 only.
   json secret = one_reply(central, message("central", "push_cluster_secret"));
@@ -138,14 +112,14 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   ASSERT_TRUE(wait_until([&] { return secret_id(ship1) == id; }, 10s)) << secret_id(ship1);
 
   // A pending node asking for it is refused, and gets nothing.
-  uint64_t pending_before = refused(central, "pending_key");
+  uint64_t pending_before = central.refused("pending_key");
   json asked = one_reply(ship2, message("central", "request_cluster_secret"), 10);
   EXPECT_EQ(asked.value("status", ""), "error") << asked.dump();
-  EXPECT_GT(refused(central, "pending_key"), pending_before);
+  EXPECT_GT(central.refused("pending_key"), pending_before);
   EXPECT_EQ(secret_id(ship2), "");
 
   // Once accepted, it may ask, and gets the same secret.
-  ASSERT_FALSE(keys_op(central, "accept", "ship2").contains("error"));
+  ASSERT_FALSE(central.keys("accept", "ship2").contains("error"));
   ship2.send(json::array({message("central", "request_cluster_secret")}), false);
   ASSERT_TRUE(wait_until([&] { return secret_id(ship2) == id; }, 15s)) << secret_id(ship2);
 
@@ -206,12 +180,12 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   std::string forged = "BSN2 central " + std::to_string(ts) + " " +
                        host::base64_encode(central_key.public_key_raw()) + " " +
                        host::base64_encode(sig) + " " + env.key_id + "\n" + tampered;
-  uint64_t bad_before = refused(ship1, "bad_ciphertext");
+  uint64_t bad_before = ship1.refused("bad_ciphertext");
   auto answer = bus.request(subject, forged, 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_EQ(envelope_body(*answer).rfind("NAK ", 0), 0u) << envelope_body(*answer);
   EXPECT_NE(envelope_body(*answer).find("does not decrypt"), std::string::npos);
-  EXPECT_EQ(refused(ship1, "bad_ciphertext"), bad_before + 1);
+  EXPECT_EQ(ship1.refused("bad_ciphertext"), bad_before + 1);
   EXPECT_NE(ship1.log().find("does not decrypt with cluster secret " + id), std::string::npos);
 
   // A request in clear, once ship1 has a secret: refused as not_encrypted.
@@ -222,11 +196,11 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   plain.method = "cli_command";
   plain.method_args = {"sh", "-c", "echo clear >> " + ran.string()};
   plain.sent_at_ms = host::now_ms();
-  uint64_t clear_before = refused(ship1, "not_encrypted");
+  uint64_t clear_before = ship1.refused("not_encrypted");
   answer = bus.request(subject, sealed_by(central, subject, host::to_json(plain).dump()), 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_NE(envelope_body(*answer).find("in clear"), std::string::npos) << envelope_body(*answer);
-  EXPECT_EQ(refused(ship1, "not_encrypted"), clear_before + 1);
+  EXPECT_EQ(ship1.refused("not_encrypted"), clear_before + 1);
 
   // Still serving, and nothing of the refused ones ran.
   json again = one_reply(central, message("ship1", "ping"));
@@ -297,9 +271,9 @@ TEST_F(CryptTest, APeerCannotReplaceKeysTheOperatorOrCentralDecided) {
   accept(central, ship1);
   accept(central, ship2);
   ASSERT_EQ(one_reply(central, message("ship2", "ping")).value("data", ""), "pong");
-  ASSERT_TRUE(wait_until([&] { return key_state(ship2, "ship1") == "accepted/central"; }, 10s));
-  ASSERT_EQ(key_state(ship2, "central"), "accepted/first contact");
-  const std::string central_key = peer(ship2, "central").value("publicKey", "");
+  ASSERT_TRUE(wait_until([&] { return ship2.key_state("ship1") == "accepted/central"; }, 10s));
+  ASSERT_EQ(ship2.key_state("central"), "accepted/first contact");
+  const std::string central_key = ship2.peer_key("central").value("publicKey", "");
 
   TempDir other_dir;
   auto other = host::Identity::load_or_create(other_dir.path());
@@ -307,10 +281,10 @@ TEST_F(CryptTest, APeerCannotReplaceKeysTheOperatorOrCentralDecided) {
                      {"ship1", {{"ed25519", other.public_key_b64()}, {"rsa", ""}}}};
 
   // From ship1 to central: not allowed at all.
-  uint64_t not_allowed = refused(central, "not_allowed");
+  uint64_t not_allowed = central.refused("not_allowed");
   json r = one_reply(ship1, message("central", "update_public_key", {}, forged_set.dump()), 10);
   EXPECT_EQ(r.value("status", ""), "error") << r.dump();
-  EXPECT_EQ(refused(central, "not_allowed"), not_allowed + 1);
+  EXPECT_EQ(central.refused("not_allowed"), not_allowed + 1);
 
   // From ship1 to ship2, allowed there: the host refuses the keys.
   r = one_reply(ship1, message("ship2", "update_public_key", {}, forged_set.dump()));
@@ -318,35 +292,36 @@ TEST_F(CryptTest, APeerCannotReplaceKeysTheOperatorOrCentralDecided) {
   EXPECT_NE(r.value("error", "").find("keys are taken only from the central node central"),
             std::string::npos)
       << r.dump();
-  EXPECT_EQ(peer(ship2, "central").value("publicKey", ""), central_key);
+  EXPECT_EQ(ship2.peer_key("central").value("publicKey", ""), central_key);
 
   // Even central's word does not replace a key ship2 pinned itself.
   r = one_reply(central, message("ship2", "update_public_key", {}, forged_set.dump()));
   EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
   json applied = json::parse(r.value("data", "{}"));
-  EXPECT_EQ(peer(ship2, "central").value("publicKey", ""), central_key) << applied.dump();
-  EXPECT_EQ(key_state(ship2, "central"), "accepted/first contact");
+  EXPECT_EQ(ship2.peer_key("central").value("publicKey", ""), central_key) << applied.dump();
+  EXPECT_EQ(ship2.key_state("central"), "accepted/first contact");
   // ship1 was central's word, and central may change it.
-  EXPECT_EQ(peer(ship2, "ship1").value("publicKey", ""), other.public_key_b64()) << applied.dump();
+  EXPECT_EQ(ship2.peer_key("ship1").value("publicKey", ""), other.public_key_b64())
+      << applied.dump();
   EXPECT_EQ(applied.value("changed", 0), 1) << applied.dump();
 
   // A key the operator decided on stays, whoever sends a set.
-  ASSERT_FALSE(keys_op(ship2, "reject", "ship1").contains("error"));
+  ASSERT_FALSE(ship2.keys("reject", "ship1").contains("error"));
   json real_set = {{"ship1",
-                    {{"ed25519", peer(central, "ship1").value("publicKey", "")},
-                     {"rsa", peer(central, "ship1").value("rsa", "")}}}};
+                    {{"ed25519", central.peer_key("ship1").value("publicKey", "")},
+                     {"rsa", central.peer_key("ship1").value("rsa", "")}}}};
   r = one_reply(central, message("ship2", "update_public_key", {}, real_set.dump()));
   EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
-  EXPECT_EQ(key_state(ship2, "ship1"), "rejected/operator");
+  EXPECT_EQ(ship2.key_state("ship1"), "rejected/operator");
 
   // The operator may forget a key (delete_public_key, sent to the node itself).
   r = one_reply(ship2, message("ship2", "delete_public_key", {"ship1"}));
   EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
-  EXPECT_EQ(key_state(ship2, "ship1"), "");
+  EXPECT_EQ(ship2.key_state("ship1"), "");
   // A peer cannot: ship1 asking ship2 to forget central is refused.
   r = one_reply(ship1, message("ship2", "delete_public_key", {"central"}), 10);
   EXPECT_EQ(r.value("status", ""), "error") << r.dump();
-  EXPECT_EQ(key_state(ship2, "central"), "accepted/first contact");
+  EXPECT_EQ(ship2.key_state("central"), "accepted/first contact");
 }
 
 TEST_F(CryptTest, ModulesEncryptOnlyToTheKeysOfAcceptedNodes) {
@@ -359,7 +334,7 @@ TEST_F(CryptTest, ModulesEncryptOnlyToTheKeysOfAcceptedNodes) {
   ship1.start();
   ship2.start();
   accept(central, ship1);
-  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship2") == "pending/seen"; }, 10s));
   wait_rsa(central, "ship1");
   wait_rsa(central, "ship2");
 
@@ -385,7 +360,7 @@ TEST_F(CryptTest, ModulesEncryptOnlyToTheKeysOfAcceptedNodes) {
   EXPECT_NE(unknown.value("error", "").find("no key of nobody is known on central"),
             std::string::npos)
       << unknown.dump();
-  ASSERT_FALSE(keys_op(central, "reject", "ship1").contains("error"));
+  ASSERT_FALSE(central.keys("reject", "ship1").contains("error"));
   json rejected = one_reply(central, message("central", "encrypt_to", {"ship1", "x"}));
   EXPECT_NE(rejected.value("error", "").find("the key of ship1 is rejected on central"),
             std::string::npos)

@@ -31,28 +31,7 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 namespace host = bosun::host;
 
-json keys_op(ClusterNode& n, const std::string& action, const std::string& node = {}) {
-  json out;
-  host::NodeClient c(n.socket());
-  c.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
-    out = line;
-    return false;
-  });
-  return out;
-}
-
 // The state of `peer`'s key on `n`, or "" when it does not know it.
-std::string key_state(ClusterNode& n, const std::string& peer) {
-  for (const auto& k : keys_op(n, "list").value("keys", json::array())) {
-    if (k.value("node", "") == peer) return k.value("state", "") + "/" + k.value("source", "");
-  }
-  return "";
-}
-
-uint64_t refused(ClusterNode& n, const std::string& reason) {
-  json r = n.counters().value("refused", json::object());
-  return r.value(reason, uint64_t{0});
-}
 
 json message(const std::string& to, const std::string& method, std::vector<std::string> args = {}) {
   return {
@@ -72,9 +51,9 @@ class SecurityTest : public ::testing::Test {
 
   // central and ship1 started, ship1 accepted on central.
   void enrol(ClusterNode& central, ClusterNode& ship) {
-    ASSERT_TRUE(wait_until([&] { return key_state(central, ship.name()) == "pending/seen"; }, 10s))
-        << key_state(central, ship.name());
-    json r = keys_op(central, "accept", ship.name());
+    ASSERT_TRUE(wait_until([&] { return central.key_state(ship.name()) == "pending/seen"; }, 10s))
+        << central.key_state(ship.name());
+    json r = central.keys("accept", ship.name());
     ASSERT_FALSE(r.contains("error")) << r.dump();
   }
 
@@ -90,7 +69,7 @@ TEST_F(SecurityTest, AKeyIsPendingUntilAcceptedAndCentralIsPinnedOnFirstContact)
   ship2.start();
 
   // Announced at start, pending on central; nothing of ship1's is believed.
-  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship1") == "pending/seen"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship1") == "pending/seen"; }, 10s));
   // Central does not believe ship1's ACKs: the ping is not delivered as far
   // as central knows.
   auto lines = central.send(json::array({message("ship1", "ping")}), true, 10);
@@ -98,26 +77,26 @@ TEST_F(SecurityTest, AKeyIsPendingUntilAcceptedAndCentralIsPinnedOnFirstContact)
   ASSERT_EQ(failed.size(), 1u) << json(lines).dump();
   EXPECT_EQ(failed[0].value("status", ""), "error");
   EXPECT_EQ(failed[0].value("error", "").find("not delivered"), 0u) << failed[0].dump();
-  EXPECT_EQ(key_state(ship1, "central"), "accepted/first contact");
-  EXPECT_GE(refused(central, "pending_key"), 1u);
+  EXPECT_EQ(ship1.key_state("central"), "accepted/first contact");
+  EXPECT_GE(central.refused("pending_key"), 1u);
   EXPECT_NE(central.log().find("the key of ship1 is pending"), std::string::npos);
 
   // The operator accepts both on central; central hands each the keys.
-  ASSERT_FALSE(keys_op(central, "accept", "ship1").contains("error"));
-  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
-  ASSERT_FALSE(keys_op(central, "accept", "ship2").contains("error"));
+  ASSERT_FALSE(central.keys("accept", "ship1").contains("error"));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship2") == "pending/seen"; }, 10s));
+  ASSERT_FALSE(central.keys("accept", "ship2").contains("error"));
   auto finals = final_replies(central.send(json::array({message("ship1", "ping")})));
   ASSERT_EQ(finals.size(), 1u);
   EXPECT_EQ(finals[0]["data"], "pong");
-  EXPECT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "accepted/central"; }, 10s))
-      << key_state(ship1, "ship2");
-  EXPECT_TRUE(wait_until([&] { return key_state(ship2, "ship1") == "accepted/central"; }, 10s));
+  EXPECT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s))
+      << ship1.key_state("ship2");
+  EXPECT_TRUE(wait_until([&] { return ship2.key_state("ship1") == "accepted/central"; }, 10s));
 
   // Rejected on central: gone from the ships too.
-  ASSERT_FALSE(keys_op(central, "reject", "ship2").contains("error"));
-  EXPECT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "rejected/central"; }, 10s))
-      << key_state(ship1, "ship2");
-  json bad = keys_op(central, "accept", "nobody");
+  ASSERT_FALSE(central.keys("reject", "ship2").contains("error"));
+  EXPECT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "rejected/central"; }, 10s))
+      << ship1.key_state("ship2");
+  json bad = central.keys("accept", "nobody");
   EXPECT_EQ(bad.value("error", "").find("no key of nobody is known"), 0u) << bad.dump();
 }
 
@@ -152,7 +131,7 @@ TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
   enrol(central, ship2);
   auto first = final_replies(central.send(json::array({message("ship1", "ping")})));
   ASSERT_EQ(first.size(), 1u);  // ship1 pinned central
-  ASSERT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "accepted/central"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s));
 
   // Every case asks ship1 to create this file; none may.
   fs::path marker = h_.root() / "ran";
@@ -208,23 +187,23 @@ TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
   host::Transport bus(bc, "hostile");
   bus.connect(false);
   for (const auto& c : cases) {
-    uint64_t before = refused(ship1, c.reason);
+    uint64_t before = ship1.refused(c.reason);
     auto answer = bus.request(subject, c.wire, 5s);
     ASSERT_TRUE(answer.has_value()) << c.what << ": no answer";
     std::string text = envelope_body(*answer);
     EXPECT_EQ(text.rfind("NAK ", 0), 0u) << c.what << ": " << text;
     EXPECT_NE(text.find(c.text), std::string::npos) << c.what << ": " << text;
-    EXPECT_EQ(refused(ship1, c.reason), before + 1) << c.what;
+    EXPECT_EQ(ship1.refused(c.reason), before + 1) << c.what;
     EXPECT_NE(ship1.log().find(c.text), std::string::npos) << c.what << ": not in the log";
   }
   // The operator rejects mallory: refused as rejected from then on.
-  ASSERT_FALSE(keys_op(ship1, "reject", "mallory").contains("error"));
+  ASSERT_FALSE(ship1.keys("reject", "mallory").contains("error"));
   auto answer = bus.request(
       subject, intruder.seal("mallory", subject, request("mallory"), host::now_ms()), 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_NE(envelope_body(*answer).find("the key of mallory was rejected on ship1"),
             std::string::npos);
-  EXPECT_EQ(refused(ship1, "rejected_key"), 1u);
+  EXPECT_EQ(ship1.refused("rejected_key"), 1u);
 
   // A valid message captured and published again: ACKed twice, run once.
   json captured = json::parse(request("central"));
@@ -257,8 +236,7 @@ TEST_F(SecurityTest, AKeyPinnedInTheConfigRefusesEveryOtherKeyForThatName) {
   central.config()["security"] = {{"autoAccept", {"ship*"}}};
   central.start();
   ship1.start();
-  ASSERT_TRUE(
-      wait_until([&] { return key_state(central, "ship1") == "accepted/autoAccept"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship1") == "accepted/autoAccept"; }, 10s));
   auto lines = central.send(json::array({message("ship1", "ping")}), true, 10);
   auto finals = final_replies(lines);
   ASSERT_EQ(finals.size(), 1u) << json(lines).dump();
@@ -268,8 +246,8 @@ TEST_F(SecurityTest, AKeyPinnedInTheConfigRefusesEveryOtherKeyForThatName) {
                       "another key than the one ship1 accepted for it (config)"),
             std::string::npos)
       << finals[0].dump();
-  EXPECT_GE(refused(ship1, "impersonation"), 1u);
-  EXPECT_EQ(key_state(ship1, "central"), "accepted/config");
+  EXPECT_GE(ship1.refused("impersonation"), 1u);
+  EXPECT_EQ(ship1.key_state("central"), "accepted/config");
 }
 
 TEST_F(SecurityTest, SecurityAllowChangesOnReloadWithoutARestart) {
@@ -281,7 +259,7 @@ TEST_F(SecurityTest, SecurityAllowChangesOnReloadWithoutARestart) {
   ship2.start();
   enrol(central, ship1);
   enrol(central, ship2);
-  ASSERT_TRUE(wait_until([&] { return key_state(ship1, "ship2") == "accepted/central"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s));
   // By default only central may invoke methods on ship1.
   auto refused_ping = final_replies(ship2.send(json::array({message("ship1", "ping")})));
   ASSERT_EQ(refused_ping.size(), 1u);

@@ -35,28 +35,6 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 namespace host = bosun::host;
 
-json keys_op(ClusterNode& n, const std::string& action, const std::string& node = {}) {
-  json out;
-  host::NodeClient c(n.socket());
-  c.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
-    out = line;
-    return false;
-  });
-  return out;
-}
-
-json peer(ClusterNode& n, const std::string& name) {
-  for (const auto& k : keys_op(n, "list").value("keys", json::array())) {
-    if (k.value("node", "") == name) return k;
-  }
-  return json::object();
-}
-
-std::string key_state(ClusterNode& n, const std::string& name) {
-  json k = peer(n, name);
-  return k.empty() ? "" : k.value("state", "") + "/" + k.value("source", "");
-}
-
 json message(const std::string& to, const std::string& method, std::vector<std::string> args = {},
              const std::string& data = {}) {
   json m = {
@@ -209,9 +187,9 @@ TEST_F(VaultTest, OnlyAcceptedNodesGetATokenAndOnlyUnderTheirAcceptedKey) {
   central.start();
   ship1.start();
   ship2.start();
-  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship1") == "pending/seen"; }, 10s));
-  ASSERT_FALSE(keys_op(central, "accept", "ship1").contains("error"));
-  ASSERT_TRUE(wait_until([&] { return key_state(central, "ship2") == "pending/seen"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship1") == "pending/seen"; }, 10s));
+  ASSERT_FALSE(central.keys("accept", "ship1").contains("error"));
+  ASSERT_TRUE(wait_until([&] { return central.key_state("ship2") == "pending/seen"; }, 10s));
 
   ASSERT_TRUE(wait_until([&] { return verified(ship1); }, 90s)) << status(ship1).dump();
   EXPECT_EQ(token_of(ship1), token);
@@ -256,7 +234,7 @@ TEST_F(VaultTest, OnlyAcceptedNodesGetATokenAndOnlyUnderTheirAcceptedKey) {
     std::lock_guard<std::mutex> lock(mu);
     sealed.push_back(m.value("data", ""));
   });
-  const std::string ship2_rsa = peer(central, "ship2").value("rsa", "");
+  const std::string ship2_rsa = central.peer_key("ship2").value("rsa", "");
   ASSERT_FALSE(ship2_rsa.empty());
   json forged = one_reply(
       ship1, message("central", "request_vault_token", {}, json{{"publicKey", ship2_rsa}}.dump()));

@@ -1,6 +1,7 @@
 #include "cluster_harness.hpp"
 
 #include "../../host/src/security.hpp"
+#include "bosun/host/client.hpp"
 #include "bosun/host/message.hpp"
 
 #include <gtest/gtest.h>
@@ -130,6 +131,32 @@ uint64_t ClusterNode::counter(const std::string& name) {
     throw std::runtime_error("node " + name_ + " has no counter \"" + name + "\": " + c.dump());
   }
   return c[name].get<uint64_t>();
+}
+
+uint64_t ClusterNode::refused(const std::string& reason) {
+  return counters().value("refused", json::object()).value(reason, uint64_t{0});
+}
+
+json ClusterNode::keys(const std::string& action, const std::string& node) {
+  json out;
+  host::NodeClient c(socket());
+  c.request({{"op", "keys"}, {"action", action}, {"node", node}}, [&](const json& line) {
+    out = line;
+    return false;
+  });
+  return out;
+}
+
+json ClusterNode::peer_key(const std::string& peer) {
+  for (const auto& k : keys("list").value("keys", json::array())) {
+    if (k.value("node", "") == peer) return k;
+  }
+  return json::object();
+}
+
+std::string ClusterNode::key_state(const std::string& peer) {
+  json k = peer_key(peer);
+  return k.empty() ? "" : k.value("state", "") + "/" + k.value("source", "");
 }
 
 // ------------------------------------------------------- ClusterHarness ---

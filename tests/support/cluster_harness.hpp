@@ -73,6 +73,15 @@ class ClusterNode {
   nlohmann::json status();    // the {"type":"status"} line
   nlohmann::json counters();  // status()["counters"]
   uint64_t counter(const std::string& name);
+  // Messages refused for `reason` (status counters "refused"); 0 when none.
+  uint64_t refused(const std::string& reason);
+  // The trust store through the socket ({"op":"keys"}): action "list",
+  // "accept" or "reject" (with a node); the answer line.
+  nlohmann::json keys(const std::string& action, const std::string& node = {});
+  // `peer`'s entry in keys("list"), or an empty object.
+  nlohmann::json peer_key(const std::string& peer);
+  // "<state>/<source>" of `peer`'s key here, or "" when unknown.
+  std::string key_state(const std::string& peer);
 
  private:
   std::string name_;
@@ -114,8 +123,8 @@ class ClusterHarness {
 
 // What `node` itself would publish on `subject`: `body` in an envelope signed
 // with its key (the key file its first start made under its data folder).
-std::string sealed_by(const ClusterNode& node, const std::string& subject,
-                      const std::string& body, int64_t signed_at_ms = 0);
+std::string sealed_by(const ClusterNode& node, const std::string& subject, const std::string& body,
+                      int64_t signed_at_ms = 0);
 // The body of a signed envelope; the bytes themselves when they are not one.
 std::string envelope_body(const std::string& wire);
 
