@@ -184,8 +184,8 @@ std::string Node::Impl::probe_module(const fs::path& path, const std::string& na
     argv.push_back(nullptr);
   }
   // Without exec: no other thread is inside dlopen/dlclose while we fork.
-  auto loader = ModuleFile::loader_lock();
-  if (!exe.empty()) loader.unlock();
+  std::unique_lock<std::mutex> loader;
+  if (exe.empty()) loader = ModuleFile::loader_lock();
   pid_t pid = ::fork();
   if (pid == 0 && !exe.empty()) {
     ::dup2(fds[1], STDOUT_FILENO);
