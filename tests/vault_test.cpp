@@ -253,6 +253,9 @@ TEST_F(VaultTest, OnlyAcceptedNodesGetATokenAndOnlyUnderTheirAcceptedKey) {
   EXPECT_EQ(box.find(token), std::string::npos);
   json by2 = one_reply(ship2, message("ship2", "decrypt", {box}));
   EXPECT_EQ(by2.value("status", ""), "error") << by2.dump();
+  EXPECT_NE(by2.value("error", "").find("does not decrypt with this node's RSA key"),
+            std::string::npos)
+      << by2.dump();
   auto by1 = final_replies(ship1.send(json::array({message("ship1", "decrypt", {box})})));
   ASSERT_EQ(by1.size(), 1u);
   EXPECT_EQ(by1[0].value("data", ""), token);
