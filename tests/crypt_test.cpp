@@ -152,12 +152,14 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
     std::lock_guard<std::mutex> lock(mu);
     for (const auto& in : seen) {
       EXPECT_EQ(in.data.find(marker), std::string::npos) << in.subject << " carries the marker";
+      // Encrypted, and (security.pairKeys, both keys accepted) tagged with
+      // the pair key of the two nodes rather than signed.
       if (in.subject == "bosun.req.ship1.cli_command") {
-        EXPECT_EQ(in.data.rfind("BSN2 ", 0), 0u) << in.subject;
+        EXPECT_EQ(in.data.rfind("BSM2 ", 0), 0u) << in.subject;
         request_wire = in.data;
       }
       if (in.subject.rfind("bosun.req.central.", 0) == 0) {
-        EXPECT_EQ(in.data.rfind("BSN2 ", 0), 0u) << in.subject;
+        EXPECT_EQ(in.data.rfind("BSM2 ", 0), 0u) << in.subject;
       }
     }
   }

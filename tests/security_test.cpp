@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <openssl/hmac.h>
+
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -24,6 +27,7 @@ using bosun::test::ClusterHarness;
 using bosun::test::ClusterNode;
 using bosun::test::envelope_body;
 using bosun::test::final_replies;
+using bosun::test::paired_by;
 using bosun::test::sealed_by;
 using bosun::test::TempDir;
 using bosun::test::wait_until;
@@ -280,6 +284,250 @@ TEST_F(SecurityTest, SecurityAllowChangesOnReloadWithoutARestart) {
   auto other = final_replies(ship2.send(json::array({message("ship1", "plugin_list")})));
   ASSERT_EQ(other.size(), 1u);
   EXPECT_EQ(other[0].value("status", ""), "error");
+}
+
+// Pair keys (security.pairKeys) without a bus: both ends derive the same
+// key, nobody else does, and a tag verifies only for its two nodes, its
+// subject and its bytes.
+TEST(PairKeys, BothEndsDeriveOneKeyThatNoThirdNodeHas) {
+  TempDir da, db, dc;
+  auto a = host::Identity::load_or_create(da.path());
+  auto b = host::Identity::load_or_create(db.path());
+  auto c = host::Identity::load_or_create(dc.path());
+  const std::string ab = a.pair_key(b.public_key_raw());
+  ASSERT_EQ(ab.size(), 32u);
+  // Equal only if the Ed25519 -> X25519 maps of both keys are right.
+  EXPECT_EQ(b.pair_key(a.public_key_raw()), ab);
+  EXPECT_NE(a.pair_key(c.public_key_raw()), ab);
+  EXPECT_NE(c.pair_key(b.public_key_raw()), ab);
+  EXPECT_NE(c.pair_key(a.public_key_raw()), c.pair_key(b.public_key_raw()));
+  // Not keys: a non-canonical y (2^255 - 1), the identity (y = 1), a point
+  // of small order (y = 0, u = 1: X25519 gives all zeros), a short string.
+  EXPECT_EQ(a.pair_key(std::string(32, '\xff')), "");
+  EXPECT_EQ(a.pair_key(std::string("\x01") + std::string(31, '\0')), "");
+  EXPECT_EQ(a.pair_key(std::string(32, '\0')), "");
+  EXPECT_EQ(a.pair_key("short"), "");
+  // The key of a node that is unchanged after a restart (same key file).
+  EXPECT_EQ(host::Identity::load_or_create(da.path()).pair_key(b.public_key_raw()), ab);
+
+  const std::string subject = "bosun.req.b.ping";
+  const std::string body = R"({"method":"ping"})";
+  std::string wire = a.seal("a", subject, body, host::now_ms(), nullptr, b.public_key_raw());
+  ASSERT_EQ(wire.rfind("BSM1 a ", 0), 0u) << wire;
+  host::Envelope env;
+  std::string why;
+  ASSERT_TRUE(host::parse_envelope(wire, env, &why)) << why;
+  EXPECT_TRUE(env.pair);
+  EXPECT_EQ(env.signature.size(), 32u);
+  EXPECT_EQ(env.public_key, a.public_key_raw());
+  EXPECT_EQ(env.body, body);
+  EXPECT_TRUE(b.verify(env, subject));
+  // Its sender checks a tag with the key carried, its own: a tag made for b
+  // is not one of its own messages coming back.
+  EXPECT_FALSE(a.verify(env, subject));
+  EXPECT_EQ(env.for_key, host::key_hint(b.public_key_raw()));
+  EXPECT_EQ(env.for_key.size(), 16u);
+  host::Envelope own;
+  const std::string own_wire =
+      a.seal("a", subject, body, host::now_ms(), nullptr, a.public_key_raw());
+  ASSERT_TRUE(host::parse_envelope(own_wire, own, &why));  // own.body points into own_wire
+  EXPECT_TRUE(own.pair);
+  EXPECT_TRUE(a.verify(own, subject));
+  EXPECT_FALSE(c.verify(env, subject));          // made for b, not for c
+  EXPECT_FALSE(b.verify(env, "bosun.req.b.x"));  // another subject
+  host::Envelope changed = env;
+  std::string other_body = R"({"method":"pong"})";
+  changed.body = other_body;
+  EXPECT_FALSE(b.verify(changed, subject));
+  changed = env;
+  changed.signed_at_ms += 1;
+  EXPECT_FALSE(b.verify(changed, subject));
+  changed = env;
+  changed.signer = "c";
+  EXPECT_FALSE(b.verify(changed, subject));
+  // The same bytes presented as a signature (BSN1) do not verify.
+  changed = env;
+  changed.pair = false;
+  EXPECT_FALSE(b.verify(changed, subject));
+
+  // No usable peer key: signed as before.
+  std::string signed_wire =
+      a.seal("a", subject, body, host::now_ms(), nullptr, std::string(32, '\0'));
+  ASSERT_EQ(signed_wire.rfind("BSN1 a ", 0), 0u);
+  ASSERT_TRUE(host::parse_envelope(signed_wire, env, &why)) << why;
+  EXPECT_FALSE(env.pair);
+  EXPECT_TRUE(c.verify(env, subject));  // anyone can check a signature
+
+  // Headers that lie about the tag, or about the key it was made for, are
+  // refused by the parser, naming what is wrong.
+  const size_t nl = wire.find('\n');
+  const size_t last = wire.rfind(' ', nl);
+  const size_t before = wire.rfind(' ', last - 1);
+  std::string bad = wire;
+  bad.replace(last + 1, nl - last - 1, "AAAA");
+  EXPECT_FALSE(host::parse_envelope(bad, env, &why));
+  EXPECT_EQ(why, "pair-key envelope does not name the key it was made for (16 hex digits)");
+  bad = wire;
+  bad.replace(before + 1, last - before - 1, "AAAA");
+  EXPECT_FALSE(host::parse_envelope(bad, env, &why));
+  EXPECT_EQ(why, "envelope tag is not a base64 HMAC-SHA256 tag");
+  bad = wire;
+  bad.insert(nl, " x");
+  EXPECT_FALSE(host::parse_envelope(bad, env, &why));
+  EXPECT_EQ(why, "envelope header has more than 5 fields");
+}
+
+// On the bus: once central accepted ship1, their requests, replies and ACKs
+// carry pair-key tags; events stay signed; a tag made for another node, or
+// by a third node in central's name, runs nothing; pairKeys off signs all.
+TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  central.start();
+  ship1.start();
+  ship2.start();
+  enrol(central, ship1);
+  enrol(central, ship2);
+
+  host::BrokerConfig bc;
+  bc.servers = h_.servers();
+  bc.connect_timeout_ms = 2000;
+  host::Transport bus(bc, "observer");
+  bus.connect(false);
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> seen;  // subject, first 5 bytes
+  auto record = [&](host::Incoming&& in) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.emplace_back(in.subject, in.data.substr(0, 5));
+  };
+  bus.subscribe("bosun.req.>", record);
+  bus.subscribe("_INBOX.>", record);
+  bus.subscribe("bosun.evt.>", record);
+  auto finals = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  EXPECT_EQ(finals[0]["data"], "pong");
+  ASSERT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s));
+  // A second round trip, ship1 now knowing central (pinned on the first).
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.clear();
+  }
+  finals = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  central.keys("accept", "ship1");  // an event (key_accepted), published by central
+  ASSERT_TRUE(wait_until(
+      [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        int req = 0, reply = 0, acks = 0, events = 0;
+        for (const auto& [subject, head] : seen) {
+          req += subject == "bosun.req.ship1.ping";
+          reply += subject.rfind("bosun.req.central.", 0) == 0;
+          acks += subject.rfind("_INBOX.", 0) == 0;
+          events += subject.rfind("bosun.evt.", 0) == 0;
+        }
+        return req >= 1 && reply >= 1 && acks >= 2 && events >= 1;
+      },
+      10s));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [subject, head] : seen) {
+      if (subject.rfind("bosun.evt.", 0) == 0) {
+        EXPECT_EQ(head, "BSN1 ") << subject;
+      } else {
+        EXPECT_EQ(head, "BSM1 ") << subject;
+      }
+    }
+  }
+
+  fs::path marker = h_.root() / "ran";
+  const std::string subject = "bosun.req.ship1.cli_command";
+  host::Message m;
+  m.id = host::new_message_id();
+  m.from_node = "central";
+  m.to_node = "ship1";
+  m.method = "cli_command";
+  m.method_args = {"touch", marker.string()};
+  m.sent_at_ms = host::now_ms();
+  const std::string body = host::to_json(m).dump();
+
+  // Central's own tag, but made for ship2: refused, naming the key it was
+  // made for; and with that name changed to ship1's, the tag does not verify.
+  auto ship1_id = host::Identity::load_or_create(ship1.data_dir());
+  auto ship2_id = host::Identity::load_or_create(ship2.data_dir());
+  uint64_t bad_before = ship1.refused("bad_signature");
+  std::string for_ship2 = paired_by(central, ship2, subject, body);
+  auto answer = bus.request(subject, for_ship2, 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_NE(
+      envelope_body(*answer).find("a tag made for another key of ship1 (" +
+                                  host::key_hint(ship2_id.public_key_raw()) + "; this node's is " +
+                                  host::key_hint(ship1_id.public_key_raw()) +
+                                  "): central holds another key for ship1"),
+      std::string::npos)
+      << envelope_body(*answer);
+  EXPECT_EQ(ship1.refused("bad_signature"), bad_before + 1);
+  size_t hint = for_ship2.find(host::key_hint(ship2_id.public_key_raw()));
+  ASSERT_LT(hint, for_ship2.find('\n'));
+  for_ship2.replace(hint, 16, host::key_hint(ship1_id.public_key_raw()));
+  answer = bus.request(subject, for_ship2, 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_NE(envelope_body(*answer).find("the tag does not verify against the key it carries "
+                                        "(claims to be central): changed on the way, or forged, "
+                                        "or made for another node"),
+            std::string::npos)
+      << envelope_body(*answer);
+  EXPECT_EQ(ship1.refused("bad_signature"), bad_before + 2);
+
+  // ship2, accepted everywhere, in central's name with central's public key:
+  // the only pair keys it has are its own, and none is central's with ship1.
+  auto central_id = host::Identity::load_or_create(central.data_dir());
+  const int64_t ts = host::now_ms();
+  const std::string bytes = host::envelope_signed_bytes("central", ts, subject, body, "", true);
+  for (const std::string& key : {ship2_id.pair_key(ship1_id.public_key_raw()),
+                                 ship2_id.pair_key(central_id.public_key_raw())}) {
+    unsigned char tag[32];
+    unsigned int len = 0;
+    ASSERT_NE(HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+                   reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), tag, &len),
+              nullptr);
+    std::string forged = "BSM1 central " + std::to_string(ts) + " " + central_id.public_key_b64() +
+                         " " + host::base64_encode(std::string(reinterpret_cast<char*>(tag), len)) +
+                         " " + host::key_hint(ship1_id.public_key_raw()) + "\n" + body;
+    bad_before = ship1.refused("bad_signature");
+    answer = bus.request(subject, forged, 5s);
+    ASSERT_TRUE(answer.has_value());
+    EXPECT_EQ(envelope_body(*answer).rfind("NAK ", 0), 0u) << envelope_body(*answer);
+    EXPECT_EQ(ship1.refused("bad_signature"), bad_before + 1);
+  }
+  // The genuine article runs (so the refusals above were about the tag).
+  answer = bus.request(subject, paired_by(central, ship1, subject, body), 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(envelope_body(*answer), "ACK");
+  EXPECT_TRUE(wait_until([&] { return fs::exists(marker); }, 10s));
+
+  // security.pairKeys off on central (live, on reload): signed again.
+  central.config()["security"] = {{"pairKeys", false}};
+  central.write_config();
+  central.signal(SIGHUP);
+  ASSERT_TRUE(wait_until(
+      [&] { return central.log().find("$.security.pairKeys") != std::string::npos; }, 10s))
+      << central.log();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.clear();
+  }
+  finals = final_replies(central.send(json::array({message("ship1", "ping")})));
+  ASSERT_EQ(finals.size(), 1u);
+  EXPECT_EQ(finals[0]["data"], "pong");
+  std::lock_guard<std::mutex> lock(mu);
+  bool found = false;
+  for (const auto& [subj, head] : seen) {
+    if (subj != "bosun.req.ship1.ping") continue;
+    found = true;
+    EXPECT_EQ(head, "BSN1 ") << subj;
+  }
+  EXPECT_TRUE(found);
 }
 
 TEST_F(SecurityTest, AnUnknownKeyInAConfigIsANamedError) {

@@ -411,7 +411,8 @@ void parse_defaults(const Section& root, DefaultsConfig& d) {
 }
 
 void parse_security(const Section& root, SecurityConfig& security) {
-  Section s = root.section("security", {"allow", "allowSkew", "sign", "autoAccept", "keys"});
+  Section s =
+      root.section("security", {"allow", "allowSkew", "sign", "pairKeys", "autoAccept", "keys"});
   if (const json* allow = s.find("allow")) {
     const std::string path = s.path("allow");
     if (!allow->is_object()) throw type_error(path, "an object (peer -> methods)", *allow);
@@ -435,6 +436,7 @@ void parse_security(const Section& root, SecurityConfig& security) {
   }
   s.seconds("allowSkew", security.allow_skew_s, 0, true);
   s.boolean("sign", security.sign);
+  s.boolean("pairKeys", security.pair_keys);
   if (const json* v = s.find("autoAccept")) {
     security.auto_accept = read_string_array(*v, s.path("autoAccept"));
     for (size_t i = 0; i < security.auto_accept.size(); ++i) {
@@ -634,6 +636,7 @@ std::string default_config_text(const std::string& node_name) {
   j["security"] = {{"allow", allow},
                    {"allowSkew", number_json(d.security.allow_skew_s)},
                    {"sign", d.security.sign},
+                   {"pairKeys", d.security.pair_keys},
                    {"autoAccept", ojson::array()},
                    {"keys", ojson::object()}};
   j["metrics"] = {{"listen", d.metrics.listen}};

@@ -335,7 +335,7 @@ void Node::Impl::drop_incoming(const std::string& subject, const std::string& re
 
   spdlog::warn("dropped a message on {}: {}", subject, why);
   // Tell the sender when it asked for an ACK, so it stops resending.
-  if (auto t = bus(); t && !reply.empty()) t->publish(reply, seal(reply, "NAK " + why));
+  if (auto t = bus(); t && !reply.empty()) t->publish(reply, seal(reply, "NAK " + why, true));
 }
 
 void Node::Impl::on_incoming(Incoming&& in) {

@@ -2,11 +2,15 @@
 // libFuzzer target (tests/fuzz) builds on its own, without the store.
 #include "security.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/kdf.h>
 #include <sys/stat.h>
 
 #include <charconv>
 #include <cstdio>
+#include <map>
 #include <system_error>
 
 #include "bosun/host/message.hpp"
@@ -20,11 +24,23 @@ namespace {
 
 constexpr std::string_view kDomain = "bosun-envelope-v1";
 constexpr std::string_view kDomainEncrypted = "bosun-envelope-v2";
+constexpr std::string_view kDomainPair = "bosun-envelope-pair-v1";
+constexpr std::string_view kDomainPairEncrypted = "bosun-envelope-pair-v2";
+constexpr std::string_view kPairInfo = "bosun pair key v1";
+// Pair keys remembered; past this the cache starts again (made-up keys in a
+// flood of forged messages cost one X25519 each, as a signature check would).
+constexpr size_t kMaxPairKeys = 4096;
 constexpr size_t kMaxHeader = 512;
 
 struct MdCtxFree {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
+
+bool is_key_hint(std::string_view text) {
+  bool hex = text.size() == 16;
+  for (char c : text) hex = hex && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
+  return hex;
+}
 
 std::string_view next_field(std::string_view& line) {
   size_t sp = line.find(' ');
@@ -58,13 +74,26 @@ bool base64_decode(std::string_view text, std::string& out) {
   return true;
 }
 
+std::string key_hint(std::string_view public_key_raw) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < 8 && i < public_key_raw.size(); ++i) {
+    auto b = static_cast<unsigned char>(public_key_raw[i]);
+    out.push_back(hex[b >> 4]);
+    out.push_back(hex[b & 15]);
+  }
+  return out;
+}
+
 bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   auto fail = [&](std::string text) {
     if (why) *why = std::move(text);
     return false;
   };
-  const bool encrypted = wire.substr(0, kEncryptedMagic.size()) == kEncryptedMagic;
-  if (!encrypted && wire.substr(0, kEnvelopeMagic.size()) != kEnvelopeMagic) {
+  const std::string_view magic = wire.substr(0, kEnvelopeMagic.size());
+  const bool encrypted = magic == kEncryptedMagic || magic == kPairEncryptedMagic;
+  const bool pair = magic == kPairMagic || magic == kPairEncryptedMagic;
+  if (!encrypted && !pair && magic != kEnvelopeMagic) {
     return fail(
         "not a signed envelope (no \"BSN1\" header): unsigned, or from a node whose "
         "security.sign is off");
@@ -78,16 +107,22 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   std::string_view ts = next_field(line);
   std::string_view pub = next_field(line);
   std::string_view sig = next_field(line);
+  std::string_view for_key = pair ? next_field(line) : std::string_view{};
   std::string_view key_id = encrypted ? next_field(line) : std::string_view{};
   if (!line.empty()) {
-    // Two whole literals: GCC 12 -O2 misreads the concatenation as an overread.
+    // Whole literals: GCC 12 -O2 misreads a concatenation as an overread.
+    if (pair) {
+      return fail(encrypted ? "envelope header has more than 6 fields"
+                            : "envelope header has more than 5 fields");
+    }
     return fail(encrypted ? "envelope header has more than 5 fields"
                           : "envelope header has more than 4 fields");
   }
-  if (encrypted) {
-    bool hex = key_id.size() == 16;
-    for (char c : key_id) hex = hex && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-    if (!hex) return fail("encrypted envelope has no key id of 16 hex digits");
+  if (pair && !is_key_hint(for_key)) {
+    return fail("pair-key envelope does not name the key it was made for (16 hex digits)");
+  }
+  if (encrypted && !is_key_hint(key_id)) {
+    return fail("encrypted envelope has no key id of 16 hex digits");
   }
   if (signer.empty() || !is_valid_token(std::string(signer))) {
     return fail("envelope signer is not a valid node name");
@@ -100,9 +135,15 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   if (!base64_decode(pub, out.public_key) || out.public_key.size() != 32) {
     return fail("envelope public key is not a base64 Ed25519 key");
   }
-  if (!base64_decode(sig, out.signature) || out.signature.size() != 64) {
+  if (pair) {
+    if (!base64_decode(sig, out.signature) || out.signature.size() != 32) {
+      return fail("envelope tag is not a base64 HMAC-SHA256 tag");
+    }
+  } else if (!base64_decode(sig, out.signature) || out.signature.size() != 64) {
     return fail("envelope signature is not a base64 Ed25519 signature");
   }
+  out.pair = pair;
+  out.for_key = std::string(for_key);
   out.signer = std::string(signer);
   out.signed_at_ms = t;
   out.body = wire.substr(nl + 1);
@@ -113,12 +154,16 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
 
 std::string envelope_signed_bytes(std::string_view signer, int64_t signed_at_ms,
                                   std::string_view subject, std::string_view body,
-                                  std::string_view key_id) {
+                                  std::string_view key_id, bool pair) {
   std::string ts = std::to_string(signed_at_ms);
   std::string out;
-  out.reserve(kDomainEncrypted.size() + signer.size() + ts.size() + subject.size() + key_id.size() +
-              body.size() + 5);
-  out.append(key_id.empty() ? kDomain : kDomainEncrypted).push_back('\0');
+  out.reserve(kDomainPairEncrypted.size() + signer.size() + ts.size() + subject.size() +
+              key_id.size() + body.size() + 5);
+  if (pair) {
+    out.append(key_id.empty() ? kDomainPair : kDomainPairEncrypted).push_back('\0');
+  } else {
+    out.append(key_id.empty() ? kDomain : kDomainEncrypted).push_back('\0');
+  }
   out.append(signer).push_back('\0');
   out.append(ts).push_back('\0');
   out.append(subject).push_back('\0');
@@ -145,9 +190,104 @@ bool ed25519_verify(EVP_PKEY* key, std::string_view data, std::string_view signa
 
 // ------------------------------------------------------------- Identity ---
 
-Identity::Identity(Ed25519Key key) : key_(std::make_shared<Ed25519Key>(std::move(key))) {
+struct Identity::PairCache {
+  std::mutex mu;
+  std::map<std::string, std::string, std::less<>> keys;  // peer's Ed25519 key -> pair key
+  ~PairCache() {
+    for (auto& [peer, key] : keys) OPENSSL_cleanse(key.data(), key.size());
+  }
+};
+
+namespace {
+
+std::string hmac_sha256(std::string_view key, std::string_view data) {
+  std::string tag(32, '\0');
+  unsigned int len = 0;
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+           reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+           reinterpret_cast<unsigned char*>(tag.data()), &len) == nullptr ||
+      len != 32) {
+    return {};
+  }
+  return tag;
+}
+
+}  // namespace
+
+Identity::Identity(Ed25519Key key)
+    : key_(std::make_shared<Ed25519Key>(std::move(key))),
+      x25519_(key_->x25519_private()),
+      pairs_(std::make_shared<PairCache>()) {
   public_raw_ = key_->public_key_raw();
   public_b64_ = base64_encode(public_raw_);
+}
+
+std::string Identity::pair_key(std::string_view peer) const {
+  {
+    std::lock_guard<std::mutex> lock(pairs_->mu);
+    auto it = pairs_->keys.find(peer);
+    if (it != pairs_->keys.end()) return it->second;
+  }
+  std::string peer_x = x25519_public_from_ed25519(peer);
+  if (peer_x.empty()) return {};
+  EVP_PKEY* raw = EVP_PKEY_new_raw_public_key(
+      EVP_PKEY_X25519, nullptr, reinterpret_cast<const unsigned char*>(peer_x.data()), 32);
+  if (raw == nullptr) return {};
+  PkeyPtr peer_key(raw, PkeyFree{});
+  unsigned char shared[32];
+  size_t len = sizeof shared;
+  std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> dh(
+      EVP_PKEY_CTX_new(x25519_.get(), nullptr), EVP_PKEY_CTX_free);
+  bool ok = dh && EVP_PKEY_derive_init(dh.get()) == 1 &&
+            EVP_PKEY_derive_set_peer(dh.get(), peer_key.get()) == 1 &&
+            EVP_PKEY_derive(dh.get(), shared, &len) == 1 && len == sizeof shared;
+  // A small-order point gives all zeros (RFC 7748 section 6.1): no key.
+  unsigned char any = 0;
+  for (unsigned char b : shared) any |= b;
+  ok = ok && any != 0;
+  // Bound to both public keys, in a fixed order, so both ends derive it.
+  std::string info(kPairInfo);
+  const std::string peer_s(peer);
+  info += std::min(public_raw_, peer_s);
+  info += std::max(public_raw_, peer_s);
+  unsigned char okm[32];
+  size_t okm_len = sizeof okm;
+  std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> kdf(
+      EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, nullptr), EVP_PKEY_CTX_free);
+  ok = ok && kdf && EVP_PKEY_derive_init(kdf.get()) > 0 &&
+       EVP_PKEY_CTX_set_hkdf_md(kdf.get(), EVP_sha256()) > 0 &&
+       EVP_PKEY_CTX_set1_hkdf_key(kdf.get(), shared, sizeof shared) > 0 &&
+       EVP_PKEY_CTX_add1_hkdf_info(kdf.get(), reinterpret_cast<const unsigned char*>(info.data()),
+                                   static_cast<int>(info.size())) > 0 &&
+       EVP_PKEY_derive(kdf.get(), okm, &okm_len) > 0 && okm_len == sizeof okm;
+  OPENSSL_cleanse(shared, sizeof shared);
+  if (!ok) {
+    OPENSSL_cleanse(okm, sizeof okm);
+    return {};
+  }
+  std::string key(reinterpret_cast<const char*>(okm), sizeof okm);
+  OPENSSL_cleanse(okm, sizeof okm);
+  std::lock_guard<std::mutex> lock(pairs_->mu);
+  if (pairs_->keys.size() >= kMaxPairKeys) {
+    for (auto& [p, k] : pairs_->keys) OPENSSL_cleanse(k.data(), k.size());
+    pairs_->keys.clear();
+  }
+  pairs_->keys.emplace(peer_s, key);
+  return key;
+}
+
+bool Identity::verify(const Envelope& env, std::string_view subject) const {
+  std::string bytes =
+      envelope_signed_bytes(env.signer, env.signed_at_ms, subject, env.body, env.key_id, env.pair);
+  if (!env.pair) {
+    PkeyPtr key = ed25519_public_key(env.public_key);
+    return ed25519_verify(key.get(), bytes, env.signature);
+  }
+  std::string key = pair_key(env.public_key);
+  if (key.empty() || env.signature.size() != 32) return false;
+  std::string tag = hmac_sha256(key, bytes);
+  OPENSSL_cleanse(key.data(), key.size());
+  return tag.size() == 32 && CRYPTO_memcmp(tag.data(), env.signature.data(), 32) == 0;
 }
 
 Identity Identity::load_or_create(const fs::path& data_dir) {
@@ -173,7 +313,7 @@ Identity Identity::load_or_create(const fs::path& data_dir) {
 }
 
 std::string Identity::seal(std::string_view signer, std::string_view subject, std::string_view body,
-                           int64_t now_ms, const ClusterKey* key) const {
+                           int64_t now_ms, const ClusterKey* key, std::string_view peer) const {
   std::string sealed;
   std::string_view key_id;
   if (key != nullptr) {
@@ -181,14 +321,29 @@ std::string Identity::seal(std::string_view signer, std::string_view subject, st
     sealed = key->encrypt(payload_aad(signer, now_ms, subject, key_id), body);
     body = sealed;
   }
-  std::string sig = key_->sign(envelope_signed_bytes(signer, now_ms, subject, body, key_id));
+  std::string pair_key_bytes = peer.empty() ? std::string() : pair_key(peer);
+  const bool pair = !pair_key_bytes.empty();
+  std::string sig;
+  if (pair) {
+    sig = hmac_sha256(pair_key_bytes,
+                      envelope_signed_bytes(signer, now_ms, subject, body, key_id, true));
+    OPENSSL_cleanse(pair_key_bytes.data(), pair_key_bytes.size());
+    if (sig.empty()) throw SigningError("cannot compute an HMAC-SHA256 tag");
+  } else {
+    sig = key_->sign(envelope_signed_bytes(signer, now_ms, subject, body, key_id));
+  }
   std::string out;
   std::string sig_b64 = base64_encode(sig);
   std::string ts = std::to_string(now_ms);
   out.reserve(kEncryptedMagic.size() + signer.size() + ts.size() + public_b64_.size() +
               sig_b64.size() + key_id.size() + body.size() + 6);
-  out.append(key ? kEncryptedMagic : kEnvelopeMagic).append(signer).append(" ").append(ts);
+  out.append(pair ? (key ? kPairEncryptedMagic : kPairMagic)
+                  : (key ? kEncryptedMagic : kEnvelopeMagic))
+      .append(signer)
+      .append(" ")
+      .append(ts);
   out.append(" ").append(public_b64_).append(" ").append(sig_b64);
+  if (pair) out.append(" ").append(key_hint(peer));
   if (key) out.append(" ").append(key_id);
   out.append("\n").append(body);
   return out;

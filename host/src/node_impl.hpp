@@ -351,7 +351,14 @@ struct Node::Impl {
   std::optional<Identity> identity;
   std::unique_ptr<TrustStore> trust;
   // `body` in an envelope signed for `subject` (as is when security.sign is off).
-  std::string seal(std::string_view subject, std::string_view body) const;
+  // The raw Ed25519 key of the one node a message on `subject` goes to, when
+  // its envelope is to carry a pair-key tag (security.pairKeys, the node's
+  // key accepted here); "" to sign it.
+  std::string pair_peer(std::string_view subject) const;
+  // `signature`: signed whatever pairKeys says (a NAK, an announcement:
+  // what the receiver must be able to check even when the sender holds a
+  // wrong key for it).
+  std::string seal(std::string_view subject, std::string_view body, bool signature = false) const;
   // Checks the envelope of a message taken from the bus. On success sets
   // `signer` (empty when security.sign is off) and `body`; otherwise counts
   // the refusal and says why. `record`: an unknown key becomes pending.

@@ -29,9 +29,30 @@ bool answer_only(const std::string& method) {
 
 }  // namespace
 
-std::string Node::Impl::seal(std::string_view subject, std::string_view body) const {
+std::string Node::Impl::pair_peer(std::string_view subject) const {
+  if (!identity || !trust || !current_config()->security.pair_keys) return {};
+  // Requests and replies go to bosun.req.<node>.<method>, ACKs to the
+  // sender's _INBOX.<node>. ...; events have many readers: signed.
+  std::string_view rest;
+  const std::string& prefix = config.broker.subject_prefix;
+  if (subject.substr(0, 7) == "_INBOX.") {
+    rest = subject.substr(7);
+  } else if (subject.size() > prefix.size() + 5 && subject.substr(0, prefix.size()) == prefix &&
+             subject.substr(prefix.size(), 5) == ".req.") {
+    rest = subject.substr(prefix.size() + 5);
+  } else {
+    return {};
+  }
+  std::string to(rest.substr(0, rest.find('.')));
+  if (to == config.node.name) return identity->public_key_raw();
+  return trust->accepted_raw(to);
+}
+
+std::string Node::Impl::seal(std::string_view subject, std::string_view body,
+                             bool signature) const {
   if (!identity) return std::string(body);
-  return identity->seal(config.node.name, subject, body, now_ms());
+  return identity->seal(config.node.name, subject, body, now_ms(), nullptr,
+                        signature ? std::string() : pair_peer(subject));
 }
 
 bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std::string& signer,
@@ -50,14 +71,11 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
   std::string problem;
   if (!parse_envelope(in.data, env, &problem)) return refuse("bad_envelope", problem);
   const int64_t now = now_ms();
-  std::string signed_bytes =
-      envelope_signed_bytes(env.signer, env.signed_at_ms, in.subject, env.body, env.key_id);
-  PkeyPtr key;
+  const char* what = env.pair ? "the tag" : "the signature";
   if (env.signer == config.node.name && env.public_key == identity->public_key_raw()) {
-    key = ed25519_public_key(env.public_key);
-    if (!ed25519_verify(key.get(), signed_bytes, env.signature)) {
+    if (!identity->verify(env, in.subject)) {
       return refuse("bad_signature",
-                    "the signature does not verify (claims to be " + env.signer + ")");
+                    std::string(what) + " does not verify (claims to be " + env.signer + ")");
     }
     if (!own_ok) {
       return refuse("impersonation",
@@ -69,13 +87,21 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
   }
   // Verify before believing anything the message says, the key included:
   // only a message that verifies against the key it carries may make that
-  // key pending.
-  PkeyPtr carried = ed25519_public_key(env.public_key);
-  if (!ed25519_verify(carried.get(), signed_bytes, env.signature)) {
+  // key pending. A tag verifies only for the node it was made for: the
+  // holder of the carried key and this node are the only two that share its
+  // pair key.
+  if (env.pair && env.for_key != key_hint(identity->public_key_raw())) {
     return refuse("bad_signature",
-                  "the signature does not verify against the key it carries "
-                  "(claims to be " +
-                      env.signer + "): changed on the way, or forged");
+                  "a tag made for another key of " + config.node.name + " (" + env.for_key +
+                      "; this node's is " + key_hint(identity->public_key_raw()) +
+                      "): " + env.signer + " holds another key for " + config.node.name +
+                      " than this node's (its security.keys, or this node's key made anew)");
+  }
+  if (!identity->verify(env, in.subject)) {
+    return refuse("bad_signature",
+                  std::string(what) + " does not verify against the key it carries (claims to be " +
+                      env.signer + "): changed on the way, or forged" +
+                      (env.pair ? ", or made for another node" : ""));
   }
   TrustVerdict v = trust->check(env.signer, env.public_key, record, now);
   // A pending key's announcement still brings its RSA key (for once it is accepted).

@@ -32,7 +32,7 @@ std::vector<std::string> restart_paths(const Config& a, const Config& b) {
   field(a.plugins.dir == b.plugins.dir, "$.plugins.dir");
   field(a.plugins.require_signature == b.plugins.require_signature, "$.plugins.requireSignature");
   field(a.plugins.publisher_keys == b.plugins.publisher_keys, "$.plugins.publisherKeys");
-  // security.allow, allowSkew, autoAccept and keys are live.
+  // security.allow, allowSkew, autoAccept, keys and pairKeys are live.
   field(a.security.sign == b.security.sign, "$.security.sign");
   field(a.metrics == b.metrics, "$.metrics");
   field(a.storage.sync == b.storage.sync, "$.storage.sync");
@@ -87,6 +87,7 @@ std::vector<std::string> live_paths(const Config& a, const Config& b) {
   field(a.security.allow_skew_s == b.security.allow_skew_s, "$.security.allowSkew");
   field(a.security.auto_accept == b.security.auto_accept, "$.security.autoAccept");
   field(a.security.keys == b.security.keys, "$.security.keys");
+  field(a.security.pair_keys == b.security.pair_keys, "$.security.pairKeys");
   return out;
 }
 

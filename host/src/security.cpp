@@ -77,7 +77,10 @@ TrustStore::TrustStore(Store& store, std::string self, std::string self_public_b
 TrustStore::Entry TrustStore::make_entry(PeerKey info) const {
   Entry e;
   std::string raw;
-  if (base64_decode(info.public_key_b64, raw) && raw.size() == 32) e.key = ed25519_public_key(raw);
+  if (base64_decode(info.public_key_b64, raw) && raw.size() == 32) {
+    e.key = ed25519_public_key(raw);
+    e.raw = std::move(raw);
+  }
   e.info = std::move(info);
   return e;
 }
@@ -133,12 +136,11 @@ TrustVerdict TrustStore::check(const std::string& signer, const std::string& pub
     return refuse("impersonation", "a message on the bus claims to come from this node (" + self_ +
                                        ") but was not sent by it");
   }
-  const std::string b64 = base64_encode(public_key_raw);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = keys_.find(signer);
   if (it != keys_.end()) {
     Entry& e = it->second;
-    if (e.info.public_key_b64 == b64) {
+    if (e.raw == public_key_raw) {
       e.info.last_seen_ms = now_ms;
       switch (e.info.state) {
         case KeyState::accepted:
@@ -175,7 +177,7 @@ TrustVerdict TrustStore::check(const std::string& signer, const std::string& pub
   }
   PeerKey k;
   k.node = signer;
-  k.public_key_b64 = b64;
+  k.public_key_b64 = base64_encode(public_key_raw);
   k.first_seen_ms = now_ms;
   k.last_seen_ms = now_ms;
   if (central_first) {
@@ -276,6 +278,13 @@ std::string TrustStore::set_rsa(const std::string& node, const std::string& ed25
   it->second.info.rsa_pem = rsa_pem;
   save(it->second.info);
   return "";
+}
+
+std::string TrustStore::accepted_raw(const std::string& node) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = keys_.find(node);
+  if (it == keys_.end() || it->second.info.state != KeyState::accepted) return {};
+  return it->second.raw;
 }
 
 std::string TrustStore::accepted_rsa(const std::string& node, std::string* why) const {

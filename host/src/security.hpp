@@ -44,6 +44,14 @@ constexpr std::string_view kEnvelopeMagic = "BSN1 ";
 //   BSN2 <signer> <signedAtMs> <public key> <signature> <key id>\n<nonce|ciphertext|tag>
 // signed over the ciphertext and the key id besides.
 constexpr std::string_view kEncryptedMagic = "BSN2 ";
+// A message to one node whose key the sender accepted (security.pairKeys):
+// the same header with, instead of the signature, an HMAC-SHA256 tag under
+// the key the two nodes share (Identity::pair_key); BSM2 encrypted.
+//   BSM1 <signer> <signedAtMs> <public key> <tag> <for>\n<body>
+// <for> names the receiver's key the sender made it for (key_hint), so a
+// receiver whose key the sender does not hold can say so.
+constexpr std::string_view kPairMagic = "BSM1 ";
+constexpr std::string_view kPairEncryptedMagic = "BSM2 ";
 
 class ClusterKey;
 
@@ -51,19 +59,24 @@ struct Envelope {
   std::string signer;
   int64_t signed_at_ms = 0;
   std::string public_key;  // raw, 32 bytes
-  std::string signature;   // raw, 64 bytes
+  std::string signature;   // raw, 64 bytes; 32 (the tag) when `pair`
+  bool pair = false;       // BSM1/BSM2: a tag under the pair key, not a signature
+  std::string for_key;     // BSM: key_hint of the receiver's key it was made for
   std::string_view body;   // points into the wire bytes
   bool encrypted = false;  // BSN2: body is nonce | ciphertext | tag
   std::string key_id;      // BSN2: which cluster secret
 };
 
+// The first 8 bytes of a raw key in hex: how a pair-key envelope names the
+// receiver's key, and how a log names a key.
+std::string key_hint(std::string_view public_key_raw);
 // Parses the envelope's first line; on failure says what is wrong in `why`.
 bool parse_envelope(std::string_view wire, Envelope& out, std::string* why);
-// The bytes the signature covers.
-// The bytes the signature covers (`key_id` of an encrypted envelope).
+// The bytes the signature (or the tag, `pair`) covers (`key_id` of an
+// encrypted envelope).
 std::string envelope_signed_bytes(std::string_view signer, int64_t signed_at_ms,
                                   std::string_view subject, std::string_view body,
-                                  std::string_view key_id = {});
+                                  std::string_view key_id = {}, bool pair = false);
 bool base64_decode(std::string_view text, std::string& out);
 
 struct PkeyFree {
@@ -81,14 +94,30 @@ class Identity {
   const std::string& public_key_raw() const { return public_raw_; }
   const std::string& public_key_b64() const { return public_b64_; }
   // The whole envelope for `body` published on `subject`; with `key` the
-  // body travels encrypted (BSN2).
+  // body travels encrypted (BSN2). With `peer` (the raw Ed25519 key of the
+  // one node it goes to) it carries a tag under the pair key instead of a
+  // signature (BSM1/BSM2); a `peer` that is no valid key falls back to the
+  // signature.
   std::string seal(std::string_view signer, std::string_view subject, std::string_view body,
-                   int64_t now_ms, const ClusterKey* key = nullptr) const;
+                   int64_t now_ms, const ClusterKey* key = nullptr,
+                   std::string_view peer = {}) const;
+  // Whether the envelope is authentic for the key it carries: its signature
+  // verifies against that key, or (`pair`) its tag against the key this node
+  // shares with that key's holder — which only that holder (or this node)
+  // can make. Which node the key belongs to is the trust store's question.
+  bool verify(const Envelope& env, std::string_view subject) const;
+  // The 32-byte key this node shares with the holder of an Ed25519 key:
+  // HKDF-SHA256 of X25519 between the two keys mapped to Curve25519, bound
+  // to both public keys. Empty when `peer` is not a usable key. Cached.
+  std::string pair_key(std::string_view peer) const;
 
  private:
   explicit Identity(Ed25519Key key);
   std::shared_ptr<Ed25519Key> key_;
+  std::shared_ptr<EVP_PKEY> x25519_;
   std::string public_raw_, public_b64_;
+  struct PairCache;
+  std::shared_ptr<PairCache> pairs_;
 };
 
 enum class KeyState { pending, accepted, rejected };
@@ -138,6 +167,8 @@ class TrustStore {
   // "" or why not.
   std::string set_rsa(const std::string& node, const std::string& ed25519_raw,
                       const std::string& rsa_pem);
+  // The raw Ed25519 key of an accepted node; "" otherwise.
+  std::string accepted_raw(const std::string& node) const;
   // The RSA key of an accepted node; "" with `why` set otherwise.
   std::string accepted_rsa(const std::string& node, std::string* why) const;
   // The accepted keys, as the central node hands them out:
@@ -151,6 +182,7 @@ class TrustStore {
   struct Entry {
     PeerKey info;
     PkeyPtr key;
+    std::string raw;  // the Ed25519 key, 32 bytes
   };
   void save(const PeerKey& k);
   bool auto_accepted(const std::string& node) const;

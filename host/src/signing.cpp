@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -205,6 +206,53 @@ std::string Ed25519Key::public_key_raw() const {
   }
   raw.resize(len);
   return raw;
+}
+
+std::shared_ptr<EVP_PKEY> Ed25519Key::x25519_private() const {
+  unsigned char seed[32];
+  size_t len = sizeof seed;
+  unsigned char h[64];
+  unsigned int hlen = 0;
+  EVP_PKEY* x = nullptr;
+  if (EVP_PKEY_get_raw_private_key(key_.get(), seed, &len) == 1 && len == sizeof seed &&
+      EVP_Digest(seed, sizeof seed, h, &hlen, EVP_sha512(), nullptr) == 1) {
+    // X25519 clamps the scalar itself (RFC 7748 decodeScalar25519).
+    x = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, h, 32);
+  }
+  OPENSSL_cleanse(seed, sizeof seed);
+  OPENSSL_cleanse(h, sizeof h);
+  if (x == nullptr) throw SigningError("cannot map the node key to X25519: " + openssl_error());
+  return std::shared_ptr<EVP_PKEY>(x, EVP_PKEY_free);
+}
+
+std::string x25519_public_from_ed25519(std::string_view ed) {
+  if (ed.size() != 32) return {};
+  unsigned char y_le[32];
+  std::memcpy(y_le, ed.data(), 32);
+  y_le[31] &= 0x7f;  // the sign of x, which u does not depend on
+  struct BnFree {
+    void operator()(BIGNUM* b) const { BN_free(b); }
+  };
+  using Bn = std::unique_ptr<BIGNUM, BnFree>;
+  std::unique_ptr<BN_CTX, void (*)(BN_CTX*)> ctx(BN_CTX_new(), BN_CTX_free);
+  Bn p(BN_new()), y(BN_lebin2bn(y_le, 32, nullptr)), num(BN_new()), den(BN_new()), u(BN_new());
+  if (!ctx || !p || !y || !num || !den || !u) return {};
+  // p = 2^255 - 19
+  if (BN_set_bit(p.get(), 255) != 1 || BN_sub_word(p.get(), 19) != 1) return {};
+  if (BN_cmp(y.get(), p.get()) >= 0) return {};  // not canonical
+  if (BN_mod_add(num.get(), y.get(), BN_value_one(), p.get(), ctx.get()) != 1 ||
+      BN_mod_sub(den.get(), BN_value_one(), y.get(), p.get(), ctx.get()) != 1) {
+    return {};
+  }
+  if (BN_is_zero(den.get())) return {};  // y = 1: the identity
+  if (BN_mod_inverse(den.get(), den.get(), p.get(), ctx.get()) == nullptr ||
+      BN_mod_mul(u.get(), num.get(), den.get(), p.get(), ctx.get()) != 1) {
+    ERR_clear_error();
+    return {};
+  }
+  std::string out(32, '\0');
+  if (BN_bn2lebinpad(u.get(), reinterpret_cast<unsigned char*>(out.data()), 32) != 32) return {};
+  return out;
 }
 
 }  // namespace bosun::host

@@ -27,6 +27,11 @@ std::string sha256_file_hex(const std::filesystem::path& file);
 // The whole file; throws SigningError "cannot read <file>: <reason>".
 std::string read_file_bytes(const std::filesystem::path& file);
 
+// The Montgomery u-coordinate (X25519 public key) of an Ed25519 public key
+// (RFC 7748 section 4.1: u = (1 + y) / (1 - y) mod 2^255 - 19); empty when
+// the bytes are not a canonical encoding of a point other than the identity.
+std::string x25519_public_from_ed25519(std::string_view ed25519_public_raw);
+
 class Ed25519Key {
  public:
   // Reads a PEM private key; refuses anything that is not Ed25519.
@@ -39,6 +44,11 @@ class Ed25519Key {
 
   std::string sign(std::string_view bytes) const;  // the raw 64-byte signature
   std::string public_key_raw() const;              // the raw 32-byte public key
+  // The same key on Curve25519, for X25519 (RFC 7748): the clamped first
+  // half of SHA-512 of the seed, as libsodium's
+  // crypto_sign_ed25519_sk_to_curve25519 maps it. Its public key is
+  // x25519_public_from_ed25519(public_key_raw()).
+  std::shared_ptr<EVP_PKEY> x25519_private() const;
 
  private:
   struct Free {

@@ -226,6 +226,13 @@ std::string sealed_by(const ClusterNode& node, const std::string& subject, const
   return id.seal(node.name(), subject, body, signed_at_ms ? signed_at_ms : host::now_ms());
 }
 
+std::string paired_by(const ClusterNode& node, const ClusterNode& to, const std::string& subject,
+                      const std::string& body) {
+  auto id = host::Identity::load_or_create(node.data_dir());
+  auto peer = host::Identity::load_or_create(to.data_dir());
+  return id.seal(node.name(), subject, body, host::now_ms(), nullptr, peer.public_key_raw());
+}
+
 std::string envelope_body(const std::string& wire) {
   host::Envelope env;
   if (!host::parse_envelope(wire, env, nullptr)) return wire;

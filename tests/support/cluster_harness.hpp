@@ -125,6 +125,10 @@ class ClusterHarness {
 // with its key (the key file its first start made under its data folder).
 std::string sealed_by(const ClusterNode& node, const std::string& subject, const std::string& body,
                       int64_t signed_at_ms = 0);
+// The same with a pair-key tag for `to` instead of a signature (what `node`
+// publishes to `to` once it accepted its key, security.pairKeys).
+std::string paired_by(const ClusterNode& node, const ClusterNode& to, const std::string& subject,
+                      const std::string& body);
 // The body of a signed envelope; the bytes themselves when they are not one.
 std::string envelope_body(const std::string& wire);
 

@@ -88,6 +88,12 @@ struct SecurityConfig {
   // Envelopes signed and checked (DESIGN §7). Off only for a benchmark's
   // baseline or a closed lab: then any peer is believed.
   bool sign = true;
+  // A message to one node whose key this node accepted carries an
+  // HMAC-SHA256 tag under the key the two share (X25519 of their Ed25519
+  // keys) instead of an Ed25519 signature: as unforgeable by any third node,
+  // at a fraction of the cost. Events (many readers) stay signed. false:
+  // every message signed.
+  bool pair_keys = true;
   // Peer names whose keys are accepted without an operator: exact names,
   // "prefix*" or "*". Empty by default (opt-in).
   std::vector<std::string> auto_accept;
