@@ -170,8 +170,36 @@ void Node::Impl::note_announced_rsa(const Incoming& in, const Envelope& env) {
   if (!body.is_object()) return;
   nlohmann::json data = nlohmann::json::parse(body.value("data", ""), nullptr, false);
   if (!data.is_object() || !data.contains("rsa") || !data["rsa"].is_string()) return;
+  std::string why;
+  const bool had_rsa = !trust->accepted_rsa(env.signer, &why).empty();
   std::string err = trust->set_rsa(env.signer, env.public_key, data["rsa"].get<std::string>());
   if (!err.empty()) spdlog::warn("announce_key of {}: {}", env.signer, err);
+  // An accepted node's first RSA key: what the cluster secret needed.
+  if (err.empty() && !had_rsa && !trust->accepted_rsa(env.signer, &why).empty()) {
+    offer_cluster_secret(env.signer);
+  }
+}
+
+void Node::Impl::offer_cluster_secret(const std::string& node) {
+  // An operator accepts a node once, on the central node: one accepted after
+  // the cluster secret was made gets it then, without asking for it.
+  if (!identity || config.node.name != config.node.central || node == config.node.name ||
+      !current_cluster_key()) {
+    return;
+  }
+  MethodEntry entry;
+  std::string error;
+  if (!find_method("push_cluster_secret", &entry, &error)) return;  // crypt module off
+  Message m;
+  m.id = new_message_id();
+  m.from_node = config.node.name;
+  m.to_node = config.node.name;
+  m.method = "push_cluster_secret";
+  m.method_args = {node};
+  m.sent_at_ms = now_ms();
+  m.reply_method = "none";
+  spdlog::info("handing the cluster secret to {}, accepted after it was made", node);
+  asio::post(*pool, [this, m = std::move(m)]() mutable { route(std::move(m)); });
 }
 
 // ------------------------------------------------------- host API 1.3 ---

@@ -359,6 +359,9 @@ struct Node::Impl {
   // what the receiver must be able to check even when the sender holds a
   // wrong key for it).
   std::string seal(std::string_view subject, std::string_view body, bool signature = false) const;
+  // On the central node with a cluster secret and the crypt module: sends
+  // the secret to `node`, just accepted (push_cluster_secret to itself).
+  void offer_cluster_secret(const std::string& node);
   // Checks the envelope of a message taken from the bus. On success sets
   // `signer` (empty when security.sign is off) and `body`; otherwise counts
   // the refusal and says why. `record`: an unknown key becomes pending.

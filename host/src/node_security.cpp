@@ -112,6 +112,7 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
                  env.signer == config.node.central ? "the central node, on first contact"
                                                    : "security.autoAccept");
     distribute_keys();
+    offer_cluster_secret(env.signer);
   }
   const double skew_ms = current_config()->security.allow_skew_s * 1000.0;
   if (std::fabs(static_cast<double>(now - env.signed_at_ms)) > skew_ms) {
@@ -240,6 +241,7 @@ nlohmann::json Node::Impl::keys_op(const std::string& action, const std::string&
   spdlog::info("key of {} {} by the operator", node, action == "accept" ? "accepted" : "rejected");
   emit_event("key_" + action + "ed", {{"node", node}});
   distribute_keys();
+  if (action == "accept") offer_cluster_secret(node);
   return list();
 }
 
