@@ -1,10 +1,9 @@
 // libFuzzer target for what a node does first with bytes from the bus:
 // open the envelope, verify the signature (or pair-key tag), decode the
 // message. Built with clang by tests/fuzz/run_fuzz.sh (ctest
-// `fuzz_envelope`) and run for a bounded time. Half of the inputs are sealed with a real key first, so the
-// message decoder behind the verifier is reached, not only the header
-// parser. Anything but a clean return (a crash, a sanitizer report, an
-// exception other than MessageError) is a finding.
+// `fuzz_envelope`) and run for a bounded time. Half of the inputs are sealed with a real key first,
+// so the message decoder behind the verifier is reached, not only the header parser. Anything but a
+// clean return (a crash, a sanitizer report, an exception other than MessageError) is a finding.
 #include <stdlib.h>
 
 #include <cstdint>
@@ -13,6 +12,7 @@
 #include <string_view>
 
 #include "bosun/host/message.hpp"
+#include "crypt.hpp"
 #include "security.hpp"
 
 namespace host = bosun::host;
@@ -33,11 +33,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string subject = "bosun.req.ship1.cli_command";
   std::string_view rest(reinterpret_cast<const char*>(data) + 1, size - 1);
   // Bit 0: sealed first; bit 1: with a pair-key tag (to this same node)
-  // rather than a signature.
+  // rather than a signature; bit 2: encrypted with the cluster secret.
+  static const host::ClusterKey secret(std::string(host::ClusterKey::kSecretBytes, '\x5a'));
   std::string wire;
   if (data[0] & 1) {
     const std::string peer = (data[0] & 2) ? identity().public_key_raw() : std::string();
-    wire = identity().seal("central", subject, rest, host::now_ms(), nullptr, peer);
+    wire = identity().seal("central", subject, rest, host::now_ms(),
+                           (data[0] & 4) ? &secret : nullptr, peer);
   } else {
     wire = std::string(rest);
   }
@@ -45,7 +47,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string why;
   if (!host::parse_envelope(wire, env, &why)) return 0;
   if (!identity().verify(env, subject)) return 0;
-  nlohmann::json doc = nlohmann::json::parse(env.body, nullptr, false);
+  std::string plain;
+  std::string_view body = env.body;
+  if (env.encrypted) {
+    if (env.key_id != secret.id()) return 0;
+    if (!secret.decrypt(host::payload_aad(env.signer, env.signed_at_ms, subject, env.key_id),
+                        env.body, plain)) {
+      return 0;
+    }
+    body = plain;
+  }
+  nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
   if (doc.is_discarded()) return 0;
   try {
     host::Message m = host::parse_message(doc, "message");
