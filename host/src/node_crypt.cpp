@@ -2,6 +2,8 @@
 // RSA key, the cluster secret, what travels encrypted, and the host API of
 // ABI 1.3 that the crypt module builds on.
 #include <openssl/crypto.h>
+#include <pthread.h>
+#include <sched.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -53,6 +55,11 @@ void Node::Impl::start_crypt() {
   // Made on a thread of its own (not a worker's: a node may have only one),
   // so the node serves meanwhile; it announces its keys once it is there.
   rsa_maker = std::thread([this, file] {
+    // At the lowest CPU priority (SCHED_IDLE): a fleet started at once, or a
+    // busy host, serves first and the key takes what is left (best effort:
+    // a sandbox may refuse the change).
+    sched_param idle{};
+    const bool lowered = pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle) == 0;
     try {
       auto started = std::chrono::steady_clock::now();
       auto key = RsaKey::create(file);
@@ -60,10 +67,11 @@ void Node::Impl::start_crypt() {
         std::lock_guard<std::mutex> lock(crypt_mu);
         rsa = std::move(key);
       }
-      spdlog::info("made the node's RSA-{} key {} in {} ms", RsaKey::kBits, file.string(),
+      spdlog::info("made the node's RSA-{} key {} in {} ms{}", RsaKey::kBits, file.string(),
                    std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::steady_clock::now() - started)
-                       .count());
+                       .count(),
+                   lowered ? " (at idle priority)" : "");
       if (!stopping) announce_key();
     } catch (const std::exception& e) {
       spdlog::error("cannot make the node's RSA key: {}", e.what());
