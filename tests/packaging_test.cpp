@@ -100,7 +100,7 @@ TEST(Install, SystemdUnitRunsBosunUnprivilegedInASandbox) {
         "ProtectKernelModules=yes\n", "ProtectKernelLogs=yes\n",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n", "SystemCallFilter=@system-service\n",
         "CapabilityBoundingSet=\n", "LockPersonality=yes\n", "MemoryDenyWriteExecute=yes\n",
-        "RestrictNamespaces=yes\n", "SystemCallFilter=sched_setscheduler\n"}) {
+        "RestrictNamespaces=yes\n", "SystemCallFilter=setpriority\n"}) {
     EXPECT_NE(unit.find(std::string("\n") + line), std::string::npos) << "missing " << line;
   }
   EXPECT_EQ(unit.find("@"), unit.find("@system-service")) << "a @PLACEHOLDER@ was left unfilled:\n"

@@ -2,9 +2,9 @@
 // RSA key, the cluster secret, what travels encrypted, and the host API of
 // ABI 1.3 that the crypt module builds on.
 #include <openssl/crypto.h>
-#include <pthread.h>
-#include <sched.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 
@@ -55,11 +55,11 @@ void Node::Impl::start_crypt() {
   // Made on a thread of its own (not a worker's: a node may have only one),
   // so the node serves meanwhile; it announces its keys once it is there.
   rsa_maker = std::thread([this, file] {
-    // At the lowest CPU priority (SCHED_IDLE): a fleet started at once, or a
-    // busy host, serves first and the key takes what is left (best effort:
-    // a sandbox may refuse the change).
-    sched_param idle{};
-    const bool lowered = pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle) == 0;
+    // At the lowest nice level (19): a fleet started at once, or a busy
+    // host, serves first, and the key still gets made on a machine that is
+    // never idle (SCHED_IDLE would starve it). Best effort: a sandbox may
+    // refuse the change.
+    const bool lowered = setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19) == 0;
     try {
       auto started = std::chrono::steady_clock::now();
       auto key = RsaKey::create(file);
@@ -71,7 +71,7 @@ void Node::Impl::start_crypt() {
                    std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::steady_clock::now() - started)
                        .count(),
-                   lowered ? " (at idle priority)" : "");
+                   lowered ? " (at nice 19)" : "");
       if (!stopping) announce_key();
     } catch (const std::exception& e) {
       spdlog::error("cannot make the node's RSA key: {}", e.what());

@@ -170,10 +170,9 @@ bool Node::Impl::authorized(const Message& m, std::string* why) const {
 
 void Node::Impl::announce_key() {
   if (!identity || config.broker.standalone() || config.node.name == config.node.central) return;
-  // Both keys, once the RSA key is there: at a first start it is made in the
-  // background, which then announces (one announcement per start).
+  // At start, and again once the RSA key is there (at a first start it is
+  // made in the background, at low priority: enrolment does not wait for it).
   std::string rsa_pem = rsa_public_pem();
-  if (rsa_pem.empty()) return;
   // The key travels in the envelope; the central node records it as
   // pending (or knows it). A short budget: the node announces again at its
   // next start, and its heartbeats carry the key too.
@@ -182,7 +181,9 @@ void Node::Impl::announce_key() {
   m.from_node = config.node.name;
   m.to_node = config.node.central;
   m.method = "announce_key";
-  m.data = nlohmann::json{{"ed25519", identity->public_key_b64()}, {"rsa", rsa_pem}}.dump();
+  nlohmann::json keys = {{"ed25519", identity->public_key_b64()}};
+  if (!rsa_pem.empty()) keys["rsa"] = rsa_pem;
+  m.data = keys.dump();
   m.sent_at_ms = now_ms();
   m.retries = 2;
   m.reply_method = "none";
