@@ -134,13 +134,14 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   EXPECT_EQ(secret_id(ship2), id);
 
   // Commands work end to end, and what crosses the bus is ciphertext.
+  // Before the bus: its callbacks may run until it is gone.
+  std::mutex mu;
+  std::vector<host::Incoming> seen;
   host::BrokerConfig bc;
   bc.servers = h_.servers();
   bc.connect_timeout_ms = 2000;
   host::Transport bus(bc, "listener");
   bus.connect(false);
-  std::mutex mu;
-  std::vector<host::Incoming> seen;
   bus.subscribe("bosun.req.>", [&](host::Incoming&& in) {
     std::lock_guard<std::mutex> lock(mu);
     seen.push_back(std::move(in));

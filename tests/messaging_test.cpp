@@ -525,11 +525,12 @@ TEST(Messaging, ABurstFromOneSenderIsAckedInBatchesEachIdOnce) {
   ClusterNode& ship1 = h.add_node("ship1");
   central.start();
   ship1.start();
+  // Before the bus: its callbacks may run until it is gone.
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> acks;  // subject, payload
   host::Transport bus = raw_connection(h.servers());
   bus.connect(false);
   const std::string inbox = bus.new_inbox();
-  std::mutex mu;
-  std::vector<std::pair<std::string, std::string>> acks;  // subject, payload
   bus.subscribe(inbox + ".*", [&](host::Incoming&& in) {
     std::lock_guard<std::mutex> lock(mu);
     acks.emplace_back(in.subject, envelope_body(in.data));

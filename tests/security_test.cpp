@@ -390,13 +390,14 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
   enrol(central, ship1);
   enrol(central, ship2);
 
+  // Before the bus: its callbacks may run until it is gone.
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> seen;  // subject, first 5 bytes
   host::BrokerConfig bc;
   bc.servers = h_.servers();
   bc.connect_timeout_ms = 2000;
   host::Transport bus(bc, "observer");
   bus.connect(false);
-  std::mutex mu;
-  std::vector<std::pair<std::string, std::string>> seen;  // subject, first 5 bytes
   auto record = [&](host::Incoming&& in) {
     std::lock_guard<std::mutex> lock(mu);
     seen.emplace_back(in.subject, in.data.substr(0, 5));

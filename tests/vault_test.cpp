@@ -218,13 +218,14 @@ TEST_F(VaultTest, OnlyAcceptedNodesGetATokenAndOnlyUnderTheirAcceptedKey) {
 
   // A request naming ship2's RSA key: ignored; what central sends goes to
   // ship1 under the key central accepted for ship1, and only ship1 opens it.
+  // Before the bus: its callbacks may run until it is gone.
+  std::mutex mu;
+  std::vector<std::string> sealed;
   host::BrokerConfig bc;
   bc.servers = h_.servers();
   bc.connect_timeout_ms = 2000;
   host::Transport bus(bc, "listener");
   bus.connect(false);
-  std::mutex mu;
-  std::vector<std::string> sealed;
   bus.subscribe("bosun.req.ship1.receive_vault_token", [&](host::Incoming&& in) {
     host::Envelope env;
     std::string why;
@@ -234,8 +235,10 @@ TEST_F(VaultTest, OnlyAcceptedNodesGetATokenAndOnlyUnderTheirAcceptedKey) {
     std::lock_guard<std::mutex> lock(mu);
     sealed.push_back(m.value("data", ""));
   });
+  // ship2 announces its RSA key once made (in the background, after its
+  // signing key): central records it with the pending key.
+  ASSERT_TRUE(wait_until([&] { return !central.peer_key("ship2").value("rsa", "").empty(); }, 60s));
   const std::string ship2_rsa = central.peer_key("ship2").value("rsa", "");
-  ASSERT_FALSE(ship2_rsa.empty());
   json forged = one_reply(
       ship1, message("central", "request_vault_token", {}, json{{"publicKey", ship2_rsa}}.dump()));
   ASSERT_EQ(forged.value("status", ""), "ok") << forged.dump();
