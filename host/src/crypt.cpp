@@ -188,11 +188,7 @@ ClusterKey::ClusterKey(std::string secret) : secret_(std::move(secret)) {
     throw CryptError("HKDF failed");
   }
   std::copy(okm, okm + 32, key_.begin());
-  static const char* hex = "0123456789abcdef";
-  for (size_t i = 32; i < 40; ++i) {
-    id_.push_back(hex[okm[i] >> 4]);
-    id_.push_back(hex[okm[i] & 15]);
-  }
+  id_ = hex_encode(std::string_view(reinterpret_cast<const char*>(okm) + 32, 8));
   OPENSSL_cleanse(okm, sizeof okm);
 }
 

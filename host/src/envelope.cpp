@@ -75,14 +75,7 @@ bool base64_decode(std::string_view text, std::string& out) {
 }
 
 std::string key_hint(std::string_view public_key_raw) {
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < 8 && i < public_key_raw.size(); ++i) {
-    auto b = static_cast<unsigned char>(public_key_raw[i]);
-    out.push_back(hex[b >> 4]);
-    out.push_back(hex[b & 15]);
-  }
-  return out;
+  return hex_encode(public_key_raw.substr(0, 8));
 }
 
 bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
@@ -220,6 +213,7 @@ Identity::Identity(Ed25519Key key)
       pairs_(std::make_shared<PairCache>()) {
   public_raw_ = key_->public_key_raw();
   public_b64_ = base64_encode(public_raw_);
+  public_hint_ = key_hint(public_raw_);
 }
 
 std::string Identity::pair_key(std::string_view peer) const {

@@ -90,11 +90,11 @@ bool Node::Impl::open_envelope(const Incoming& in, bool record, bool own_ok, std
   // key pending. A tag verifies only for the node it was made for: the
   // holder of the carried key and this node are the only two that share its
   // pair key.
-  if (env.pair && env.for_key != key_hint(identity->public_key_raw())) {
+  if (env.pair && env.for_key != identity->public_key_hint()) {
     return refuse("bad_signature",
                   "a tag made for another key of " + config.node.name + " (" + env.for_key +
-                      "; this node's is " + key_hint(identity->public_key_raw()) +
-                      "): " + env.signer + " holds another key for " + config.node.name +
+                      "; this node's is " + identity->public_key_hint() + "): " + env.signer +
+                      " holds another key for " + config.node.name +
                       " than this node's (its security.keys, or this node's key made anew)");
   }
   if (!identity->verify(env, in.subject)) {

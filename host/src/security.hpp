@@ -93,6 +93,7 @@ class Identity {
   static Identity load_or_create(const std::filesystem::path& data_dir);
   const std::string& public_key_raw() const { return public_raw_; }
   const std::string& public_key_b64() const { return public_b64_; }
+  const std::string& public_key_hint() const { return public_hint_; }  // key_hint() of it
   // The whole envelope for `body` published on `subject`; with `key` the
   // body travels encrypted (BSN2). With `peer` (the raw Ed25519 key of the
   // one node it goes to) it carries a tag under the pair key instead of a
@@ -115,7 +116,7 @@ class Identity {
   explicit Identity(Ed25519Key key);
   std::shared_ptr<Ed25519Key> key_;
   std::shared_ptr<EVP_PKEY> x25519_;
-  std::string public_raw_, public_b64_;
+  std::string public_raw_, public_b64_, public_hint_;
   struct PairCache;
   std::shared_ptr<PairCache> pairs_;
 };

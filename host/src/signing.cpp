@@ -60,15 +60,21 @@ std::string base64_encode(std::string_view bytes) {
   return out;
 }
 
-namespace {
-std::string to_hex(const unsigned char* md, unsigned len) {
+std::string hex_encode(std::string_view bytes) {
   static const char* hex = "0123456789abcdef";
   std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
+  out.reserve(2 * bytes.size());
+  for (char c : bytes) {
+    auto b = static_cast<unsigned char>(c);
+    out.push_back(hex[b >> 4]);
+    out.push_back(hex[b & 15]);
   }
   return out;
+}
+
+namespace {
+std::string to_hex(const unsigned char* md, unsigned len) {
+  return hex_encode(std::string_view(reinterpret_cast<const char*>(md), len));
 }
 }  // namespace
 

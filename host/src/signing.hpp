@@ -20,6 +20,8 @@ struct SigningError : std::runtime_error {
 };
 
 std::string base64_encode(std::string_view bytes);
+// Lower-case hex, two digits a byte.
+std::string hex_encode(std::string_view bytes);
 std::string sha256_hex(std::string_view bytes);
 // The same of a file, read in 1 MiB blocks; throws SigningError naming it.
 std::string sha256_file_hex(const std::filesystem::path& file);
