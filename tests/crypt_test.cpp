@@ -29,6 +29,7 @@ using bosun::test::ClusterHarness;
 using bosun::test::ClusterNode;
 using bosun::test::envelope_body;
 using bosun::test::final_replies;
+using bosun::test::message;
 using bosun::test::sealed_by;
 using bosun::test::TempDir;
 using bosun::test::wait_until;
@@ -38,14 +39,6 @@ namespace host = bosun::host;
 
 std::string secret_id(ClusterNode& n) {
   return n.keys("list").value("clusterSecret", json::object()).value("keyId", "");
-}
-
-json message(const std::string& to, const std::string& method, std::vector<std::string> args = {},
-             const std::string& data = {}) {
-  json m = {
-      {"toNode", to}, {"method", method}, {"methodArgs", args}, {"ACKTimeout", 1}, {"retries", 2}};
-  if (!data.empty()) m["data"] = data;
-  return m;
 }
 
 json one_reply(ClusterNode& from, const json& m, double wait_s = 20) {

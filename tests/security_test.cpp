@@ -27,6 +27,7 @@ using bosun::test::ClusterHarness;
 using bosun::test::ClusterNode;
 using bosun::test::envelope_body;
 using bosun::test::final_replies;
+using bosun::test::message;
 using bosun::test::paired_by;
 using bosun::test::sealed_by;
 using bosun::test::TempDir;
@@ -34,13 +35,6 @@ using bosun::test::wait_until;
 using nlohmann::json;
 namespace fs = std::filesystem;
 namespace host = bosun::host;
-
-// The state of `peer`'s key on `n`, or "" when it does not know it.
-
-json message(const std::string& to, const std::string& method, std::vector<std::string> args = {}) {
-  return {
-      {"toNode", to}, {"method", method}, {"methodArgs", args}, {"ACKTimeout", 1}, {"retries", 2}};
-}
 
 class SecurityTest : public ::testing::Test {
  protected:
@@ -59,6 +53,13 @@ class SecurityTest : public ::testing::Test {
         << central.key_state(ship.name());
     json r = central.keys("accept", ship.name());
     ASSERT_FALSE(r.contains("error")) << r.dump();
+  }
+
+  // central, then the ships started; each ship accepted on central.
+  void start_and_enrol(ClusterNode& central, std::initializer_list<ClusterNode*> ships) {
+    central.start();
+    for (ClusterNode* ship : ships) ship->start();
+    for (ClusterNode* ship : ships) ASSERT_NO_FATAL_FAILURE(enrol(central, *ship));
   }
 
   ClusterHarness h_;
@@ -128,11 +129,7 @@ TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
   ClusterNode& ship1 = add("ship1");
   ClusterNode& ship2 = add("ship2");
   ship1.config()["host"]["maxMessageBytes"] = 8192;
-  central.start();
-  ship1.start();
-  ship2.start();
-  enrol(central, ship1);
-  enrol(central, ship2);
+  ASSERT_NO_FATAL_FAILURE(start_and_enrol(central, {&ship1, &ship2}));
   auto first = final_replies(central.send(json::array({message("ship1", "ping")})));
   ASSERT_EQ(first.size(), 1u);  // ship1 pinned central
   ASSERT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s));
@@ -258,11 +255,7 @@ TEST_F(SecurityTest, SecurityAllowChangesOnReloadWithoutARestart) {
   ClusterNode& central = add("central");
   ClusterNode& ship1 = add("ship1");
   ClusterNode& ship2 = add("ship2");
-  central.start();
-  ship1.start();
-  ship2.start();
-  enrol(central, ship1);
-  enrol(central, ship2);
+  ASSERT_NO_FATAL_FAILURE(start_and_enrol(central, {&ship1, &ship2}));
   ASSERT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s));
   // By default only central may invoke methods on ship1.
   auto refused_ping = final_replies(ship2.send(json::array({message("ship1", "ping")})));
@@ -384,11 +377,7 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
   ClusterNode& central = add("central");
   ClusterNode& ship1 = add("ship1");
   ClusterNode& ship2 = add("ship2");
-  central.start();
-  ship1.start();
-  ship2.start();
-  enrol(central, ship1);
-  enrol(central, ship2);
+  ASSERT_NO_FATAL_FAILURE(start_and_enrol(central, {&ship1, &ship2}));
 
   // Before the bus: its callbacks may run until it is gone.
   std::mutex mu;

@@ -28,20 +28,13 @@ using namespace std::chrono_literals;
 using bosun::test::ClusterHarness;
 using bosun::test::ClusterNode;
 using bosun::test::final_replies;
+using bosun::test::message;
 using bosun::test::TempDir;
 using bosun::test::VaultStub;
 using bosun::test::wait_until;
 using nlohmann::json;
 namespace fs = std::filesystem;
 namespace host = bosun::host;
-
-json message(const std::string& to, const std::string& method, std::vector<std::string> args = {},
-             const std::string& data = {}) {
-  json m = {
-      {"toNode", to}, {"method", method}, {"methodArgs", args}, {"ACKTimeout", 1}, {"retries", 2}};
-  if (!data.empty()) m["data"] = data;
-  return m;
-}
 
 class VaultTest : public ::testing::Test {
  protected:

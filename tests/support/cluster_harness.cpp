@@ -239,6 +239,14 @@ std::string envelope_body(const std::string& wire) {
   return std::string(env.body);
 }
 
+json message(const std::string& to, const std::string& method, std::vector<std::string> args,
+             const std::string& data) {
+  json m = {
+      {"toNode", to}, {"method", method}, {"methodArgs", args}, {"ACKTimeout", 1}, {"retries", 2}};
+  if (!data.empty()) m["data"] = data;
+  return m;
+}
+
 std::vector<json> final_replies(const std::vector<json>& lines) {
   std::vector<json> out;
   for (const auto& l : lines) {

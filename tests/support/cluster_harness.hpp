@@ -132,6 +132,10 @@ std::string paired_by(const ClusterNode& node, const ClusterNode& to, const std:
 // The body of a signed envelope; the bytes themselves when they are not one.
 std::string envelope_body(const std::string& wire);
 
+// A request for `send`: to `to`, `method` with `args` (and `data`), a 1 s
+// ACKTimeout and 2 retries.
+nlohmann::json message(const std::string& to, const std::string& method,
+                       std::vector<std::string> args = {}, const std::string& data = {});
 // The lines of a send answer that are final replies.
 std::vector<nlohmann::json> final_replies(const std::vector<nlohmann::json>& lines);
 // The ids the node accepted ({"type":"result"} line), in order.
