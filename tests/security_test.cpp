@@ -528,6 +528,146 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
   EXPECT_TRUE(found);
 }
 
+TEST_F(SecurityTest, ModuleMessagesCarryTheSignedRequestAndRunAsItsSender) {
+  // DESIGN §7: with the default security.allow (only central may invoke
+  // methods), a file copy between two ships that central asked for works:
+  // the chunks carry central's signed request and run as central's.
+  ClusterNode& central = add("central");
+  ClusterNode& ship1 = add("ship1");
+  ClusterNode& ship2 = add("ship2");
+  for (ClusterNode* n : {&central, &ship1, &ship2}) {
+    n->add_module(bosun::test::plugin_module("filecopy"));
+  }
+  ASSERT_NO_FATAL_FAILURE(start_and_enrol(central, {&ship1, &ship2}));
+  for (const char* ship : {"ship1", "ship2"}) {
+    ASSERT_EQ(final_replies(central.send(json::array({message(ship, "ping")}))).size(), 1u);
+  }
+  ASSERT_TRUE(wait_until([&] { return ship1.key_state("ship2") == "accepted/central"; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return ship2.key_state("ship1") == "accepted/central"; }, 10s));
+
+  fs::path src = h_.root() / "source.bin";
+  std::string bytes(300 * 1024 + 17, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 131) ^ (i >> 7));
+  bosun::test::write_file(src, bytes);
+  auto final_of = [](const std::vector<json>& lines) {
+    auto f = final_replies(lines);
+    EXPECT_EQ(f.size(), 1u) << json(lines).dump().substr(0, 3000);
+    return f.empty() ? json::object() : f.back();
+  };
+
+  // central asks ship1 to send to ship2, and ship2 to fetch from ship1.
+  json from = {{"toNode", "ship1"},
+               {"method", "copy_file_from"},
+               {"methodArgs", {src.string(), "ship2", "incoming/from.bin"}},
+               {"methodTimeout", 60}};
+  json r = final_of(central.send(json::array({from}), true, 60));
+  EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
+  EXPECT_EQ(bosun::test::read_file(ship2.data_dir() / "incoming" / "from.bin"), bytes);
+  json to = {{"toNode", "ship2"},
+             {"method", "copy_file_to"},
+             {"methodArgs", {"ship1", src.string(), "incoming/to.bin"}},
+             {"methodTimeout", 60}};
+  r = final_of(central.send(json::array({to}), true, 60));
+  EXPECT_EQ(r.value("status", ""), "ok") << r.dump();
+  EXPECT_EQ(bosun::test::read_file(ship2.data_dir() / "incoming" / "to.bin"), bytes);
+
+  // ship1 on its own carries nothing: ship2 refuses its copy.
+  json own = from;
+  own["methodArgs"] = {src.string(), "ship2", "incoming/own.bin"};
+  r = final_of(ship1.send(json::array({own}), true, 60));
+  EXPECT_EQ(r.value("status", ""), "error") << r.dump();
+  EXPECT_NE(r.value("error", "").find("ship1 may not invoke filecopy_begin on ship2"),
+            std::string::npos)
+      << r.dump();
+  EXPECT_FALSE(fs::exists(ship2.data_dir() / "incoming" / "own.bin"));
+
+  // What ship1 could carry, and what ship2 makes of it.
+  auto central_request = [&](const std::string& to_node, int64_t at_ms) {
+    host::Message c;
+    c.id = host::new_message_id();
+    c.from_node = "central";
+    c.to_node = to_node;
+    c.method = "copy_file_from";
+    c.method_args = {src.string(), "ship2", "incoming/x.bin"};
+    c.method_timeout = 60;
+    c.sent_at_ms = at_ms;
+    return host::to_json(c).dump();
+  };
+  const std::string cause_subject = "bosun.req.ship1.copy_file_from";
+  auto cause = [&](const std::string& subject, const std::string& wire) {
+    return json{{"subject", subject}, {"envelope", host::base64_encode(wire)}};
+  };
+  std::string good = sealed_by(central, cause_subject, central_request("ship1", host::now_ms()));
+  std::string flipped = good;
+  flipped[flipped.size() - 3] ^= 1;
+  const std::string ship3_subject = "bosun.req.ship3.copy_file_from";
+  auto carried = [&](const std::string& method, const json& why) {
+    host::Message m;
+    m.id = host::new_message_id();
+    m.from_node = "ship1";
+    m.to_node = "ship2";
+    m.method = method;
+    m.method_args = {std::string(32, 'a')};
+    m.sent_at_ms = host::now_ms();
+    m.reply_method = "none";
+    m.extra["cause"] = why;
+    return sealed_by(ship1, "bosun.req.ship2." + method, host::to_json(m).dump());
+  };
+  struct Case {
+    std::string what, method;
+    json cause;
+    std::string text;
+  };
+  std::vector<Case> cases = {
+      {"another module's method", "cli_command", cause(cause_subject, good),
+       "cli_command is not a method of filecopy, which handles copy_file_from here"},
+      {"a changed request", "filecopy_abort", cause(cause_subject, flipped),
+       "its signature does not verify"},
+      {"a request to another node", "filecopy_abort",
+       cause(ship3_subject,
+             sealed_by(central, ship3_subject, central_request("ship3", host::now_ms()))),
+       "it was sent to ship3, not to ship1 or ship2"},
+      {"an old request", "filecopy_abort",
+       cause(cause_subject, sealed_by(central, cause_subject,
+                                      central_request("ship1", host::now_ms() - 3600 * 1000),
+                                      host::now_ms() - 3600 * 1000)),
+       "outside its methodTimeout and security.allowSkew"},
+      {"a request with a pair-key tag", "filecopy_abort",
+       cause(cause_subject,
+             paired_by(central, ship1, cause_subject, central_request("ship1", host::now_ms()))),
+       "pair-key tag, which only its two ends can check"},
+      {"a request ship1 signed itself", "filecopy_abort",
+       cause(cause_subject, sealed_by(ship1, cause_subject, central_request("ship1", 1))),
+       "does not match its envelope"},
+      {"no envelope", "filecopy_abort", json{{"subject", cause_subject}},
+       "\"cause\" must be an object"},
+  };
+  host::BrokerConfig bc;
+  bc.servers = h_.servers();
+  bc.connect_timeout_ms = 2000;
+  host::Transport bus(bc, "ship1-forger");
+  bus.connect(false);
+  for (const auto& c : cases) {
+    uint64_t before = ship2.refused("not_allowed");
+    auto answer = bus.request("bosun.req.ship2." + c.method, carried(c.method, c.cause), 5s);
+    ASSERT_TRUE(answer.has_value()) << c.what << ": no answer";
+    std::string text = envelope_body(*answer);
+    EXPECT_EQ(text.rfind("NAK ", 0), 0u) << c.what << ": " << text;
+    EXPECT_NE(text.find("ship1 may not invoke " + c.method + " on ship2"), std::string::npos)
+        << c.what << ": " << text;
+    EXPECT_NE(text.find(c.text), std::string::npos) << c.what << ": " << text;
+    EXPECT_EQ(ship2.refused("not_allowed"), before + 1) << c.what;
+  }
+  // The genuine request lets a filecopy method in.
+  auto answer = bus.request("bosun.req.ship2.filecopy_abort",
+                            carried("filecopy_abort", cause(cause_subject, good)), 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(envelope_body(*answer), "ACK");
+  EXPECT_TRUE(wait_until(
+      [&] { return ship2.log().find("authorized as central, whose request") != std::string::npos; },
+      10s));
+}
+
 TEST_F(SecurityTest, AnUnknownKeyInAConfigIsANamedError) {
   ClusterNode& central = add("central");
   central.config()["security"] = {{"keys", {{"ship1", "not-a-key"}}}};

@@ -283,6 +283,9 @@ bool Node::Impl::send_reply(const Message& req, std::string data, bool final, ui
   r.seq = seq;
   r.status = error.empty() ? "ok" : "error";
   r.error = error;
+  // The replies to a call that acts for a signed request carry it too (the
+  // node they go to may allow the reply method only to that request's sender).
+  if (!req.cause.is_null()) r.extra["cause"] = req.cause;
   return route(std::move(r), done_id);
 }
 
@@ -453,11 +456,25 @@ int32_t api_cancelled(bosun_call* call) {
   return call == nullptr || call->cancelled.load() || call->node->stopping.load() ? 1 : 0;
 }
 
-bosun_status submit_json(Node::Impl* node, const std::string& who, const char* json, size_t len) {
+bosun_status submit_json(Node::Impl* node, const std::string& who, const char* json, size_t len,
+                         const nlohmann::json& cause = nullptr) {
   nlohmann::json batch = nlohmann::json::parse(sv(json, len), nullptr, false);
   if (batch.is_discarded()) {
     spdlog::error("[{}] send: not valid JSON", who);
     return BOSUN_ERR_INVALID_ARGUMENT;
+  }
+  // Messages a call sends on its behalf carry the signed request it acts
+  // for, which their receivers may authorize them as (DESIGN §7). A "cause"
+  // the module wrote itself is replaced: only the host's is the call's.
+  if (!cause.is_null()) {
+    auto carry = [&](nlohmann::json& m) {
+      if (m.is_object()) m["cause"] = cause;
+    };
+    if (batch.is_array()) {
+      for (auto& m : batch) carry(m);
+    } else {
+      carry(batch);
+    }
   }
   SubmitResult r = node->submit(batch, nullptr, "", true);
   for (const auto& e : r.errors) spdlog::error("[{}] send: {}", who, e.error);
@@ -472,7 +489,7 @@ bosun_status api_send(bosun_host* host, const char* json, size_t len) {
 
 bosun_status api_call_send(bosun_call* call, const char* json, size_t len) {
   if (call == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
-  return submit_json(call->node, call->msg.method, json, len);
+  return submit_json(call->node, call->msg.method, json, len, call->msg.cause);
 }
 
 bosun_status api_emit_event(bosun_host* host, const char* event, size_t event_len,

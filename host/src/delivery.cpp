@@ -160,9 +160,12 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     return;
   }
   double ack_s = ack_timeout_s(m);
+  // A request whose call may send messages on its behalf goes signed, so
+  // they can carry it (DESIGN §7).
+  const bool sign = !m.is_reply && (method_flags(m.method) & BOSUN_METHOD_CARRIES) != 0;
   if (ack_s <= 0) {
     // ACKTimeout 0: fire and forget.
-    if (auto t = bus()) t->publish(subject, seal_request(subject, bytes));
+    if (auto t = bus()) t->publish(subject, seal_request(subject, bytes, sign));
     store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
                        log_failure("outbox: cannot remove " + m.id));
     return;
@@ -171,6 +174,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
   out->subject = subject;
   out->bytes = std::move(bytes);
   out->attempts_left = retries_of(m);
+  out->sign = sign;
   out->ack_timeout = std::chrono::milliseconds(std::llround(ack_s * 1000));
   out->msg = std::move(m);
   const std::string id = out->msg.id;
@@ -180,7 +184,8 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     out->ack_deadline = deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
   }
   if (auto t = bus())
-    t->publish(out->subject, seal_request(out->subject, out->bytes), ack_inbox + "." + id);
+    t->publish(out->subject, seal_request(out->subject, out->bytes, out->sign),
+               ack_inbox + "." + id);
 }
 
 void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
@@ -204,7 +209,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
     if (auto t = bus()) {
-      t->publish(out->subject, seal_request(out->subject, out->bytes),
+      t->publish(out->subject, seal_request(out->subject, out->bytes, out->sign),
                  ack_inbox + "." + out->msg.id);
     }
     return;
@@ -214,7 +219,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
                         std::to_string(out->ack_timeout.count()) + " ms apart");
 }
 
-void Node::Impl::give_up(const Message& m, const std::string& why) {
+void Node::Impl::give_up(const Message& m, const std::string& why, bool refused) {
   counters.failed++;
   count_message(MessageEvent::failed, m, m.to_node);
   store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
@@ -224,19 +229,25 @@ void Node::Impl::give_up(const Message& m, const std::string& why) {
                      "; check that the node is up and has the method";
   spdlog::error("{}", text);
   // Whoever waits for the answer (bosun send --wait) learns it now, not at
-  // its own timeout.
+  // its own timeout. So does a module's reply method (a file copy's) when
+  // the receiver refused the message: no answer can come. (Without an ACK
+  // the message may still have arrived and be answered late.) Reply methods
+  // that only record answers are not told: central's error log has it.
   if (!m.is_reply) {
     bool waited;
     {
       std::lock_guard<std::mutex> lock(waiters_mu);
       waited = waiters.count(m.id) > 0;
     }
-    if (waited) {
+    const bool module_waits = refused && !m.reply_method.empty() && !answer_only(m.reply_method) &&
+                              (method_flags(m.reply_method) & BOSUN_METHOD_REPLY) != 0;
+    if (waited || module_waits) {
       Message failed;
       failed.id = new_message_id();
       failed.from_node = m.to_node;
       failed.to_node = config.node.name;
-      failed.method = "none";
+      failed.method = module_waits ? m.reply_method : "none";
+      if (module_waits) failed.method_args = m.reply_method_args;
       failed.is_reply = true;
       failed.in_reply_to = m.id;
       failed.request_method = m.method;
@@ -315,7 +326,8 @@ void Node::Impl::on_ack(Incoming&& in) {
     acked_ids.push_back(id);
     if (nak) {
       // The receiver will never take it: no point in resending.
-      give_up(out->msg, "refused by " + out->msg.to_node + ": " + std::string(text.substr(4)));
+      give_up(out->msg, "refused by " + out->msg.to_node + ": " + std::string(text.substr(4)),
+              true);
     }
   }
   // Forget the ACKed messages in one write once no more ACKs are queued.
@@ -399,9 +411,14 @@ void Node::Impl::on_incoming(Incoming&& in) {
                          "method \"" + m.method + "\" does not match the subject",
                          "subject_mismatch");
   }
-  if (!authorized(m, &why)) {
+  if (!authorized(m, &why) && !authorized_by_cause(m, &why)) {
     return drop_incoming(in.subject, in.reply, "not allowed: " + why, "not_allowed");
   }
+  // A carried cause was checked (and kept) above, or is not this host's to
+  // act on; the request itself is the cause of its call's messages when it
+  // came signed.
+  m.extra.erase("cause");
+  if (m.cause.is_null()) m.cause = cause_of(in, m);
   count_message(MessageEvent::received, m, m.from_node);
   // The inbox keeps the message itself; the envelope has done its work.
   received_batch.push_back(Received{std::move(m), std::move(in.reply), std::string(body)});

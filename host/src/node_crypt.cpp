@@ -116,7 +116,8 @@ std::string Node::Impl::install_cluster_secret(std::string secret, const std::st
   return "";
 }
 
-std::string Node::Impl::seal_request(std::string_view subject, std::string_view body) const {
+std::string Node::Impl::seal_request(std::string_view subject, std::string_view body,
+                                     bool sign) const {
   if (!identity) return std::string(body);
   // The messages that deliver keys travel in clear, and signed: whoever
   // receives one can check it whatever key the sender holds for it.
@@ -124,7 +125,7 @@ std::string Node::Impl::seal_request(std::string_view subject, std::string_view 
   std::shared_ptr<const ClusterKey> key = current_cluster_key();
   if (key && enrolment) key.reset();
   return identity->seal(config.node.name, subject, body, now_ms(), key.get(),
-                        enrolment ? std::string() : pair_peer(subject));
+                        enrolment || sign ? std::string() : pair_peer(subject));
 }
 
 bool Node::Impl::open_payload(const Incoming& in, const Envelope& env, std::string* plain,

@@ -52,6 +52,7 @@ struct Outgoing {
   std::string subject;
   std::string bytes;  // the message itself; sealed afresh for each attempt
   int attempts_left = 0;
+  bool sign = false;  // an Ed25519 signature, not a pair-key tag (BOSUN_METHOD_CARRIES)
   std::chrono::milliseconds ack_timeout{0};
   DeadlineQueue::Key ack_deadline = 0;  // guarded by outgoing_mu
 };
@@ -282,7 +283,8 @@ struct Node::Impl {
   bool send_remote(Message m, const std::string& done_id = {});
   void publish_attempt(Message m, std::string bytes);
   void on_ack_timeout(const std::shared_ptr<Outgoing>& out);
-  void give_up(const Message& m, const std::string& why);
+  // `refused`: the receiver NAKed it (it will never run it), not just no ACK.
+  void give_up(const Message& m, const std::string& why, bool refused = false);
   void on_ack(Incoming&& in);
   void on_incoming(Incoming&& in);
   // A message taken from the bus, not yet in the inbox.
@@ -291,6 +293,9 @@ struct Node::Impl {
     std::string reply;
     std::string bytes;
   };
+  // The signed request `in` as a cause its call's messages can carry, when
+  // its method carries here (BOSUN_METHOD_CARRIES) and it came signed.
+  nlohmann::json cause_of(const Incoming& in, const Message& m) const;
   // Held back while more are queued on the subscription; touched only on
   // its delivery thread (on_incoming), as acked_ids is on the ACK one's.
   std::vector<Received> received_batch;
@@ -373,6 +378,14 @@ struct Node::Impl {
                      std::string_view& body, std::string* why, std::string* plain = nullptr);
   // Whether `m`, from an authenticated peer, may run here (security.allow).
   bool authorized(const Message& m, std::string* why) const;
+  // Whether `m`, which its sender may not invoke here, may run as the
+  // signed request it carries ("cause") asked: the request verifies, was
+  // sent to m's sender or to this node, is recent, and its sender may invoke
+  // m's method, a method of the module that handles the request's method
+  // here (DESIGN §7). On success sets m.cause; otherwise says why not.
+  bool authorized_by_cause(Message& m, std::string* why);
+  // The BOSUN_METHOD_* flags of a method here; 0 when there is none.
+  uint32_t method_flags(const std::string& method) const;
   // Central: hand the accepted keys to every accepted node (soon, once).
   void distribute_keys();
   std::unique_ptr<asio::steady_timer> key_set_timer;
@@ -394,7 +407,10 @@ struct Node::Impl {
   std::string install_cluster_secret(std::string secret, const std::string& from);
   // seal() of a request or reply: encrypted once a cluster secret is set,
   // unless its method is one that delivers keys or the secret.
-  std::string seal_request(std::string_view subject, std::string_view body) const;
+  // `sign`: an Ed25519 signature even to a node with a pair key, so that a
+  // third node can check it (a request whose call may carry it).
+  std::string seal_request(std::string_view subject, std::string_view body,
+                           bool sign = false) const;
   bool open_payload(const Incoming& in, const Envelope& env, std::string* plain,
                     std::string_view& body, std::string* why);
   // The RSA key a peer announced (in the body of announce_key), recorded
@@ -438,5 +454,8 @@ bosun_status api_key_control(bosun_call* call, const char* request_json, size_t 
 
 const bosun_host_api* host_api_table();
 double effective_timeout_s(const Config& config, const Message& m);
+// Reply methods that only record an answer (DESIGN §9's sinks, relay's
+// forwarding of a reply): any peer may answer a node with these.
+bool answer_only(const std::string& method);
 
 }  // namespace bosun::host

@@ -7,14 +7,13 @@
 
 #include "bosun/host/transport.hpp"
 #include "node_impl.hpp"
+#include "security.hpp"
+#include "signing.hpp"
 
 namespace bosun::host {
 
 namespace {
 
-// Reply methods that only record an answer (DESIGN §9's sinks, relay's
-// forwarding of a reply): any peer may answer a node with these. Any other
-// reply method runs only if the peer may invoke it as a request.
 bool is_crypt_method(const std::string& method) {
   return method == "push_public_key" || method == "update_public_key" ||
          method == "delete_public_key" || method == "request_public_keys" ||
@@ -22,12 +21,25 @@ bool is_crypt_method(const std::string& method) {
          method == "receive_cluster_secret";
 }
 
+// Whether security.allow lets `peer` (or every peer, "*") invoke `method`.
+bool allows(const SecurityConfig& security, const std::string& peer, const std::string& method) {
+  for (const std::string& who : {peer, std::string("*")}) {
+    auto it = security.allow.find(who);
+    if (it == security.allow.end()) continue;
+    for (const auto& meth : it->second) {
+      if (meth == "*" || meth == method) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+// Any other reply method runs only if the peer may invoke it as a request.
 bool answer_only(const std::string& method) {
   return method == "none" || method == "to_file" || method == "to_file_append" ||
          method == "to_console" || method == "error_log" || method == "relay_reply";
 }
-
-}  // namespace
 
 std::string Node::Impl::pair_peer(std::string_view subject) const {
   if (!identity || !trust || !current_config()->security.pair_keys) return {};
@@ -153,19 +165,117 @@ bool Node::Impl::authorized(const Message& m, std::string* why) const {
       return false;
     }
   }
-  auto cfg = current_config();
-  auto allows = [&](const std::string& peer) {
-    auto it = cfg->security.allow.find(peer);
-    if (it == cfg->security.allow.end()) return false;
-    for (const auto& meth : it->second) {
-      if (meth == "*" || meth == m.method) return true;
-    }
-    return false;
-  };
-  if (allows(m.from_node) || allows("*")) return true;
+  if (allows(current_config()->security, m.from_node, m.method)) return true;
   *why = std::string(m.is_reply ? "a reply that runs " : "") + m.from_node + " may not invoke " +
          m.method + " on " + me + " (security.allow)";
   return false;
+}
+
+uint32_t Node::Impl::method_flags(const std::string& method) const {
+  std::lock_guard<std::mutex> lock(plugins_mu);
+  auto it = table->find(method);
+  return it == table->end() ? 0 : it->second.flags;
+}
+
+nlohmann::json Node::Impl::cause_of(const Incoming& in, const Message& m) const {
+  // Only a signature can vouch to a third node; a pair-key tag convinces
+  // only its two ends.
+  if (m.is_reply || !identity || in.data.size() < 5) return nullptr;
+  std::string_view magic = std::string_view(in.data).substr(0, 5);
+  if (magic != kEnvelopeMagic && magic != kEncryptedMagic) return nullptr;
+  if (!(method_flags(m.method) & BOSUN_METHOD_CARRIES)) return nullptr;
+  return {{"subject", in.subject}, {"envelope", base64_encode(in.data)}};
+}
+
+bool Node::Impl::authorized_by_cause(Message& m, std::string* why) {
+  auto it = m.extra.find("cause");
+  if (it == m.extra.end() || !identity) return false;
+  const std::string& me = config.node.name;
+  auto refuse = [&](const std::string& what) {
+    *why += "; the request it carries does not vouch for it: " + what;
+    return false;
+  };
+  const nlohmann::json& cause = *it;
+  if (!cause.is_object() || !cause.contains("subject") || !cause["subject"].is_string() ||
+      !cause.contains("envelope") || !cause["envelope"].is_string()) {
+    return refuse("\"cause\" must be an object with the strings \"subject\" and \"envelope\"");
+  }
+  Incoming in;
+  in.subject = cause["subject"].get<std::string>();
+  if (!base64_decode(cause["envelope"].get<std::string>(), in.data)) {
+    return refuse("its \"envelope\" is not base64");
+  }
+  // Sent to the node that now acts for it, or to this node (which had
+  // another node act for it: copy_file_to's source).
+  const std::string req = config.broker.subject_prefix + ".req.";
+  std::string_view subject(in.subject);
+  if (subject.substr(0, req.size()) != req) return refuse("its subject is not a request's");
+  std::string_view rest = subject.substr(req.size());
+  std::string to(rest.substr(0, rest.find('.')));
+  if (to != m.from_node && to != me) {
+    return refuse("it was sent to " + to + ", not to " + m.from_node + " or " + me);
+  }
+  Envelope env;
+  std::string problem;
+  if (!parse_envelope(in.data, env, &problem)) return refuse(problem);
+  if (env.pair) {
+    return refuse("it carries a pair-key tag, which only its two ends can check (its sender " +
+                  env.signer +
+                  " signs such requests only when it has the module whose method "
+                  "carries them)");
+  }
+  if (!identity->verify(env, in.subject)) {
+    return refuse("its signature does not verify (claims to be " + env.signer + ")");
+  }
+  const int64_t now = now_ms();
+  TrustVerdict v = trust->check(env.signer, env.public_key, false, now);
+  if (!v.ok) return refuse(v.text);
+  std::string plain, why_not;
+  std::string_view body = env.body;
+  if (!open_payload(in, env, &plain, body, &why_not)) {
+    return refuse(why_not);
+  }
+  Message c;
+  try {
+    c = parse_message(nlohmann::json::parse(body), "the carried request");
+  } catch (const std::exception& e) {
+    return refuse(e.what());
+  }
+  if (c.is_reply || c.from_node != env.signer || c.to_node != to ||
+      in.subject != req + c.to_node + "." + c.method) {
+    return refuse(
+        "its message does not match its envelope (a reply, or another sender, "
+        "receiver or method than its signature covers)");
+  }
+  // Good for as long as its call may run.
+  auto cfg = current_config();
+  double limit_s = effective_timeout_s(*cfg, c);
+  if (limit_s <= 0) limit_s = 24 * 3600;
+  const double skew_ms = cfg->security.allow_skew_s * 1000.0;
+  const double age_ms = static_cast<double>(now - env.signed_at_ms);
+  if (age_ms > limit_s * 1000 + skew_ms || -age_ms > skew_ms) {
+    return refuse("signed " + std::to_string(static_cast<int64_t>(age_ms / 1000)) +
+                  " s ago, outside its methodTimeout and security.allowSkew");
+  }
+  // It vouches only for the module that handles it: a file copy's request
+  // lets its chunks in, not a command.
+  MethodEntry of_cause, of_this;
+  if (!find_method(c.method, &of_cause, nullptr) || !of_cause.module) {
+    return refuse(c.method + " is no module's method on " + me);
+  }
+  if (!find_method(m.method, &of_this, nullptr) || !of_this.module ||
+      of_this.module->name() != of_cause.module->name()) {
+    return refuse(m.method + " is not a method of " + of_cause.module->name() + ", which handles " +
+                  c.method + " here");
+  }
+  if (!allows(cfg->security, c.from_node, m.method)) {
+    return refuse("its sender " + c.from_node + " may not invoke " + m.method + " on " + me +
+                  " either");
+  }
+  spdlog::debug("{} from {}: authorized as {}, whose request {} ({}) it carries", m.method,
+                m.from_node, c.from_node, c.id, c.method);
+  m.cause = cause;
+  return true;
 }
 
 void Node::Impl::announce_key() {

@@ -337,10 +337,11 @@ using filecopy::FileCopy;
 
 BOSUN_PLUGIN(
     FileCopy, "filecopy", "1.0.0", "Copy files between nodes: chunked, SHA-256 verified, resumable",
-    BOSUN_METHOD(FileCopy, copy_file_from,
-                 "[source path, destination node, destination path]: send a file from this node"),
-    BOSUN_METHOD(FileCopy, copy_file_to,
-                 "[source node, source path, destination path]: fetch a file to this node"),
+    BOSUN_METHOD_EX(
+        FileCopy, copy_file_from, "copy_file_from", BOSUN_METHOD_CARRIES,
+        "[source path, destination node, destination path]: send a file from this node"),
+    BOSUN_METHOD_EX(FileCopy, copy_file_to, "copy_file_to", BOSUN_METHOD_CARRIES,
+                    "[source node, source path, destination path]: fetch a file to this node"),
     BOSUN_METHOD(FileCopy, filecopy_begin, "internal: a copy starts or resumes here"),
     BOSUN_METHOD(FileCopy, filecopy_chunk, "internal: one chunk of a copy"),
     BOSUN_METHOD(FileCopy, filecopy_commit, "internal: verify a copy and move it into place"),

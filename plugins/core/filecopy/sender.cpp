@@ -32,8 +32,13 @@ constexpr milliseconds kPoll{100};
 // anything else came from the receiving host around the handler (the call
 // was interrupted by a restart, cancelled at shutdown, timed out) and is
 // worth another try. A missing method is not.
+// Worth sending again: not the receiver's own refusal of the message's
+// content ("<method>: ..."), nor a method it lacks, nor a message its host
+// refused to run at all (security.allow), which the host reports as
+// "not delivered: refused by <node>: ...".
 bool transient(const std::string& method, const std::string& error) {
-  return error.rfind(method + ": ", 0) != 0 && error.find("unknown method") == std::string::npos;
+  return error.rfind(method + ": ", 0) != 0 && error.find("unknown method") == std::string::npos &&
+         error.rfind("not delivered: refused by ", 0) != 0;
 }
 
 std::string mib(uint64_t bytes) {

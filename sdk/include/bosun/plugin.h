@@ -51,7 +51,7 @@ extern "C" {
  * module built for another major. Appending a function to bosun_host_api or
  * a field to the end of a struct bumps the minor only. */
 #define BOSUN_ABI_MAJOR 1
-#define BOSUN_ABI_MINOR 3
+#define BOSUN_ABI_MINOR 4
 #define BOSUN_ABI_VERSION (((uint32_t)BOSUN_ABI_MAJOR << 16) | (uint32_t)BOSUN_ABI_MINOR)
 #define BOSUN_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
 #define BOSUN_ABI_MINOR_OF(v) ((uint32_t)(v)&0xFFFFu)
@@ -166,6 +166,12 @@ typedef bosun_status (*bosun_on_call)(void* instance, bosun_call* call,
  * (the final reply of a stream whose data all came in earlier chunks), which
  * other reply methods never see. */
 #define BOSUN_METHOD_END_MARKERS 0x8u
+/* ABI 1.4: a call of this method sends messages to other nodes on its
+ * caller's behalf with call_send() (a file copy's chunks). A node that sends
+ * a request for such a method (and has the module, so it knows) signs it
+ * with its Ed25519 key instead of a pair-key tag, so that the messages the
+ * call sends can carry it and their receivers can check who asked. */
+#define BOSUN_METHOD_CARRIES 0x10u
 
 typedef struct bosun_method {
   uint32_t struct_size; /* sizeof(bosun_method) */
@@ -269,8 +275,14 @@ struct bosun_host_api {
                               bosun_on_timer on_timer, void* user_data, uint64_t* timer_id);
   bosun_status (*timer_cancel)(bosun_host* host, uint64_t timer_id);
 
-  /* Originate messages on behalf of a running call (a file copy's chunks):
-   * the receiver authorizes them as the call's original sender. */
+  /* Originate messages on behalf of a running call (a file copy's chunks).
+   * When the call's request came signed (its method is flagged
+   * BOSUN_METHOD_CARRIES on the node that sent it), each message carries that
+   * request ("cause"), and so do the host's replies to the call; a receiver
+   * whose security.allow does not let this node invoke the method authorizes
+   * it as the request's sender instead, for methods of the module that
+   * handles the request's method there (DESIGN §7). Otherwise the messages
+   * are authorized as this node's. */
   bosun_status (*call_send)(bosun_call* call, const char* messages_json, size_t len);
 
   /* ---- ABI 1.1 ---- */

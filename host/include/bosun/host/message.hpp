@@ -49,6 +49,12 @@ struct Message {
 
   // Fields we do not know, passed through untouched.
   nlohmann::json extra = nlohmann::json::object();
+
+  // Host only, never read from or written to JSON by to_json/parse_message:
+  // the signed request a call of this message acts for (DESIGN §7), as the
+  // "cause" its module's messages carry: {"subject", "envelope" (base64 of
+  // the request as it came off the bus)}. Null when there is none.
+  nlohmann::json cause;
 };
 
 // Parse error: `what()` names the message index and the field.
