@@ -124,6 +124,18 @@ JSON
 "$BOSUN" send "${C[@]}" --wait --timeout 10 "$DEMO/ping.json"
 echo "central wrote $DEMO/central/data/demo/ship2.ping: $(cat "$DEMO/central/data/demo/ship2.ping" 2>/dev/null)"
 
+if [ -f "$BUILD/plugins/filecopy.so" ]; then
+  say "a Steward copy: central asks ship1 to send a file to ship2 (ship2 allows only central)"
+  # The chunks carry central's signed request, so ship2 runs them as central's.
+  cat >"$DEMO/copy.json" <<JSON
+[{"toNode": "ship1", "method": "REQCopyFileFrom",
+  "methodArgs": ["$DEMO/ship1/bosun.json", "ship2", "incoming/ship1.json"],
+  "methodTimeout": 30, "ACKTimeout": 5, "retries": 3}]
+JSON
+  "$BOSUN" send "${C[@]}" --wait --timeout 30 "$DEMO/copy.json"
+  sha256sum "$DEMO/ship1/bosun.json" "$DEMO/ship2/data/incoming/ship1.json"
+fi
+
 if "$BOSUN" --help 2>/dev/null | grep -q update-plugin; then
   say "hot update of hello 1.0.0 -> 1.1.0 on both nodes, while they run"
   "$BOSUN" update-plugin "${C[@]}" --to ship1,ship2 --file "$DEMO/hello-1.1.0/hello.so" --wait
