@@ -485,6 +485,38 @@ TEST_F(NodeTest, AuditLogHoldsWholeMessages) {
   EXPECT_EQ(again.method_args, (std::vector<std::string>{"audit", "me"}));
 }
 
+TEST(MessageText, IsTheSameJsonAsTheLibrarysForEveryKindOfData) {
+  // to_text copies data that needs no escaping as it is and leaves the rest
+  // to the JSON library: either way the text parses to to_json's object.
+  Message m;
+  m.id = new_message_id();
+  m.from_node = "n1";
+  m.to_node = "n2";
+  m.method = "c_echo";
+  m.method_args = {"a \"quoted\" arg", "tab\there"};
+  m.sent_at_ms = 1234;
+  m.extra["cause"] = {{"subject", "bosun.req.n1.x"}, {"envelope", "QUJD"}};
+  std::string bad_utf8 = "caf\xc3";  // cut in the middle of a character
+  for (const std::string& data :
+       {std::string(), std::string("QUJDRA==+/09az"), std::string(300 * 1024, 'Q'),
+        std::string("line\nwith \"quotes\" and \\ backslash"), std::string("\x01\x1f\x7f"),
+        std::string("caf\xc3\xa9 \xe2\x82\xac"), bad_utf8}) {
+    m.data = data;
+    std::string text = to_text(m);
+    json parsed = json::parse(text, nullptr, false);
+    ASSERT_FALSE(parsed.is_discarded()) << text.substr(0, 200);
+    json expected = json::parse(to_json(m).dump(-1, ' ', false, json::error_handler_t::replace),
+                                nullptr, false);
+    EXPECT_EQ(parsed, expected) << text.substr(0, 200);
+    if (!data.empty() && data != bad_utf8) {
+      EXPECT_EQ(parse_message(parsed, "text").data, data);
+    }
+  }
+  // Invalid UTF-8 is replaced, as the library's dump does it.
+  m.data = bad_utf8;
+  EXPECT_EQ(parse_message(json::parse(to_text(m)), "text").data, "caf\xef\xbf\xbd");
+}
+
 TEST_F(NodeTest, HelloFromTheInstalledSdkBuildGreets) {
   start();
   Message r = call(msg("greet", {{"methodArgs", {"world"}}}));

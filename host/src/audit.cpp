@@ -25,9 +25,15 @@ AuditLog::~AuditLog() {
 }
 
 void AuditLog::append(std::string_view kind, const nlohmann::json& message) {
-  nlohmann::json line = {{"t", now_ms()}, {"kind", kind}, {"message", message}};
-  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  text.push_back('\n');
+  append_text(kind, message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+void AuditLog::append_text(std::string_view kind, std::string_view message_json) {
+  std::string text = "{\"kind\":";
+  append_json_string(text, kind);
+  text += ",\"message\":";
+  text += message_json;
+  text += ",\"t\":" + std::to_string(now_ms()) + "}\n";
   std::lock_guard<std::mutex> lock(mu_);
   std::fwrite(text.data(), 1, text.size(), out_);
   // One write(2) per line cost as much as the rest of a message's handling;

@@ -74,8 +74,7 @@ void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run
   call->entry = entry;
   call->msg = std::move(m);
   call->started_ms = now_ms();
-  call->message_json =
-      to_json(call->msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  call->message_json = to_text(call->msg);
   const Message& msg = call->msg;
   call->args.reserve(msg.method_args.size());
   for (const auto& a : msg.method_args) call->args.push_back(bosun_str{a.data(), a.size()});

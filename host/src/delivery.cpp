@@ -129,7 +129,7 @@ int Node::Impl::retries_of(const Message& m) const {
 }
 
 bool Node::Impl::send_remote(Message m, const std::string& done_id) {
-  std::string bytes = to_json(m).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::string bytes = to_text(m);
   // Durable before it counts as accepted: a crash from here on resends it.
   if (done_id.empty()) {
     store->outbox_put(m.id, bytes);

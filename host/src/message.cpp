@@ -243,7 +243,9 @@ Message parse_message(const json& j, const std::string& where) {
   return m;
 }
 
-json to_json(const Message& m) {
+namespace {
+
+json message_object(const Message& m, bool with_data) {
   json j = m.extra.is_object() ? m.extra : json::object();
   auto put = [&](const char* k, const std::string& v) {
     if (!v.empty()) j[k] = v;
@@ -266,7 +268,7 @@ json to_json(const Message& m) {
   put("fileName", m.file_name);
   put("relayViaNode", m.relay_via_node);
   put("relayReplyMethod", m.relay_reply_method);
-  if (!m.data.empty()) j["data"] = m.data;
+  if (with_data && !m.data.empty()) j["data"] = m.data;
   if (m.sent_at_ms) j["sentAt"] = m.sent_at_ms;
   if (m.is_reply) {
     j["isReply"] = true;
@@ -278,6 +280,41 @@ json to_json(const Message& m) {
     put("error", m.error);
   }
   return j;
+}
+
+}  // namespace
+
+json to_json(const Message& m) {
+  return message_object(m, true);
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  bool plain = true;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+      plain = false;
+      break;
+    }
+  }
+  if (!plain) {
+    out += json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+    return;
+  }
+  out.reserve(out.size() + s.size() + 2);
+  out += '"';
+  out += s;
+  out += '"';
+}
+
+std::string to_text(const Message& m) {
+  std::string text = message_object(m, false).dump(-1, ' ', false, json::error_handler_t::replace);
+  if (m.data.empty()) return text;
+  text.pop_back();  // the closing '}'
+  if (text.size() > 1) text += ',';
+  text += "\"data\":";
+  append_json_string(text, m.data);
+  text += '}';
+  return text;
 }
 
 int64_t now_ms() {

@@ -340,7 +340,7 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         waiters[one.id] = waiter;
       }
       std::string id = one.id;
-      if (audit) audit->append("accepted", to_json(one));
+      if (audit) audit->append_text("accepted", to_text(one));
       try {
         route(std::move(one));
       } catch (const std::exception& e) {
@@ -380,7 +380,7 @@ void Node::Impl::submit_reply(Message m, size_t index, const std::string& where,
   std::string id = m.id;
   std::string to = m.to_node;
   std::string method = m.method;
-  if (audit) audit->append("accepted", to_json(m));
+  if (audit) audit->append_text("accepted", to_text(m));
   try {
     route(std::move(m));
   } catch (const std::exception& e) {
@@ -418,7 +418,7 @@ void Node::Impl::deliver_local(Message m, bool tracked) {
   if (m.is_reply) {
     handle_reply(std::move(m), tracked);
   } else {
-    if (audit) audit->append("received", to_json(m));
+    if (audit) audit->append_text("received", to_text(m));
     dispatch_request(std::move(m), tracked);
   }
 }
@@ -473,7 +473,7 @@ void Node::Impl::handle_reply(Message m, bool tracked) {
 
 void Node::Impl::process_replies(const std::vector<std::pair<Message, bool>>& ready) {
   for (const auto& [r, was_tracked] : ready) {
-    if (audit) audit->append("reply", to_json(r));
+    if (audit) audit->append_text("reply", to_text(r));
     std::shared_ptr<ReplyWaiter> w;
     {
       std::lock_guard<std::mutex> lock(waiters_mu);

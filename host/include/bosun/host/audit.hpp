@@ -21,6 +21,8 @@ class AuditLog {
 
   // `kind`: "accepted", "received", "reply", "rejected", ...
   void append(std::string_view kind, const nlohmann::json& message);
+  // The same with the message already JSON text (to_text).
+  void append_text(std::string_view kind, std::string_view message_json);
   void flush();
 
  private:

@@ -71,6 +71,13 @@ class MessageError : public std::runtime_error {
 // Parses one message object; `where` prefixes errors ("message 2").
 Message parse_message(const nlohmann::json& j, const std::string& where);
 nlohmann::json to_json(const Message& m);
+// to_json(m) as JSON text (invalid UTF-8 replaced, as everywhere), with
+// "data" last and, when it needs no escaping (base64, plain text), copied
+// once instead of going through the JSON library's escaping byte by byte:
+// a file copy's chunks are hundreds of kilobytes.
+std::string to_text(const Message& m);
+// Appends `s` to `out` as a JSON string.
+void append_json_string(std::string& out, std::string_view s);
 
 // Canonical method name for a Steward alias ("REQCliCommand" ->
 // "cli_command"); the name itself when it is no alias.
