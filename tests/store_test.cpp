@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "test_util.hpp"
@@ -300,6 +301,33 @@ TEST(Store, AsyncCompletionIsCalled) {
   ASSERT_EQ(f2.wait_for(10s), std::future_status::ready);
   EXPECT_TRUE(f1.get().fresh);
   EXPECT_FALSE(f2.get().fresh);
+}
+
+TEST(Store, AWriteLaterNeverCommitsOrCompletesOnTheCallersThread) {
+  // The trust store saves keys while holding its lock, and completions seal
+  // messages, which take that lock: a save that led a commit and ran the
+  // completions of its group deadlocked a node. write_later only queues.
+  TempDir tmp;
+  Store s(tmp / "state", interval());
+  std::mutex held;
+  std::promise<std::thread::id> completed_on;
+  std::atomic<bool> done{false};
+  {
+    std::lock_guard<std::mutex> lock(held);
+    s.write_later([](WriteTxn& t) { t.put(Db::meta, "later", "1"); },
+                  [&](std::exception_ptr e) {
+                    std::lock_guard<std::mutex> again(held);  // waits for the caller's scope
+                    EXPECT_EQ(e, nullptr);
+                    completed_on.set_value(std::this_thread::get_id());
+                    done = true;
+                  });
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(done.load()) << "completed while its caller still held the lock";
+  }
+  auto f = completed_on.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+  EXPECT_NE(f.get(), std::this_thread::get_id());
+  EXPECT_EQ(s.meta_get("later"), std::optional<std::string>("1"));
 }
 
 TEST(Store, AFailingWriteFailsAloneInItsGroup) {

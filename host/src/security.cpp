@@ -91,7 +91,28 @@ void TrustStore::save(const PeerKey& k) {
                       {"state", key_state_name(k.state)},
                       {"source", k.source},
                       {"firstSeen", k.first_seen_ms}};
-  store_.meta_put(std::string(kKeyPrefix) + k.node, j.dump());
+  // Under mu_: a blocking write could lead a commit and run completions
+  // that seal messages, which take mu_ (pair keys): a deadlock.
+  persist(std::string(kKeyPrefix) + k.node, j.dump());
+}
+
+void TrustStore::persist(std::string key, std::optional<std::string> value) {
+  store_.write_later(
+      [key, value = std::move(value)](WriteTxn& t) {
+        if (value) {
+          t.put(Db::meta, key, *value);
+        } else {
+          t.del(Db::meta, key);
+        }
+      },
+      [key](std::exception_ptr e) {
+        if (!e) return;
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& x) {
+          spdlog::error("trust store: cannot save {}: {}", key, x.what());
+        }
+      });
 }
 
 void TrustStore::configure(const SecurityConfig& cfg) {
@@ -259,7 +280,7 @@ std::string TrustStore::remove(const std::string& node) {
   }
   if (it->second.info.state == KeyState::pending) --pending_;
   keys_.erase(it);
-  store_.write([k = std::string(kKeyPrefix) + node](WriteTxn& t) { t.del(Db::meta, k); });
+  persist(std::string(kKeyPrefix) + node, std::nullopt);
   return "";
 }
 

@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -186,6 +187,9 @@ class TrustStore {
     std::string raw;  // the Ed25519 key, 32 bytes
   };
   void save(const PeerKey& k);
+  // Writes (or with no value deletes) a key of the store's meta table on the
+  // store's background writer, in order.
+  void persist(std::string key, std::optional<std::string> value);
   bool auto_accepted(const std::string& node) const;
   Entry make_entry(PeerKey info) const;
 

@@ -329,6 +329,16 @@ void Store::write_async(WriteFn fn, DoneFn done) {
   lead(lk);
 }
 
+void Store::write_later(WriteFn fn, DoneFn done) {
+  if (!fn || !done) throw StoreError("store " + dir_.string() + ": write without a function");
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) throw StoreError("store " + dir_.string() + ": closing, write refused");
+    queue_.push_back(Pending{std::move(fn), std::move(done)});
+  }
+  writer_cv_.notify_one();
+}
+
 void Store::lead(std::unique_lock<std::mutex>& lock) {
   std::vector<Pending> group(std::make_move_iterator(queue_.begin()),
                              std::make_move_iterator(queue_.end()));

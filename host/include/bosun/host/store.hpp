@@ -105,6 +105,12 @@ class Store {
   // `done` runs on the writer thread once the write is durable (or failed):
   // keep it short and never block in it.
   void write_async(WriteFn fn, DoneFn done);
+  // Queued for the background writer thread, which commits it in order with
+  // the other writes: never committed, and no other write's completion run,
+  // on the caller's thread. For callers that hold a lock which completions
+  // may take (a blocking write that leads a commit runs every completion
+  // of its group).
+  void write_later(WriteFn fn, DoneFn done);
 
   std::optional<std::string> get(Db db, std::string_view key) const;
   void for_each(Db db, std::string_view prefix, const EntryVisitor& fn) const;
