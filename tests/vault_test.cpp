@@ -118,9 +118,12 @@ TEST_F(VaultTest, HandOffRenewalAndANewRequestAfterRevocation) {
   // Renewal: a 3 s TTL renewed at half of it by both nodes, never after expiry.
   ASSERT_TRUE(wait_until([&] { return stub_.stats(t1).renewals >= 6; }, 20s))
       << stub_.stats(t1).renewals;
+  // ship1 may have got the token late on a loaded machine: central's
+  // renewals alone can make those six; ship1 renews within its TTL too.
+  EXPECT_TRUE(wait_until([&] { return status(ship1).value("renewals", 0) >= 1; }, 15s))
+      << status(ship1).dump();
   EXPECT_EQ(stub_.stats(t1).late_renewals, 0);
   EXPECT_EQ(stub_.stats(t1).refused, 0);
-  EXPECT_GE(status(ship1).value("renewals", 0), 1);
 
   // Revoked: both drop it and ask again; nobody has one to give.
   json before = status(ship1);
