@@ -36,18 +36,6 @@ constexpr size_t kMaxAckBatch = 64;
 // Far above the 26 characters of our own ids, far below LMDB's key limit.
 constexpr size_t kMaxIdBytes = 128;
 
-// Completion of a write nobody waits for: only a failure is worth a line.
-DoneFn log_failure(std::string what) {
-  return [what = std::move(what)](std::exception_ptr err) {
-    if (!err) return;
-    try {
-      std::rethrow_exception(err);
-    } catch (const std::exception& e) {
-      spdlog::error("{}: {}", what, e.what());
-    }
-  };
-}
-
 }  // namespace
 
 void Node::Impl::start_transport() {
@@ -167,7 +155,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     // ACKTimeout 0: fire and forget.
     if (auto t = bus()) t->publish(subject, seal_request(subject, bytes, sign));
     store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
-                       log_failure("outbox: cannot remove " + m.id));
+                       log_write_failure("outbox: cannot remove " + m.id));
     return;
   }
   auto out = std::make_shared<Outgoing>();
@@ -223,7 +211,7 @@ void Node::Impl::give_up(const Message& m, const std::string& why, bool refused)
   counters.failed++;
   count_message(MessageEvent::failed, m, m.to_node);
   store->write_async([id = m.id](WriteTxn& t) { t.del(Db::outbox, id); },
-                     log_failure("outbox: cannot remove " + m.id));
+                     log_write_failure("outbox: cannot remove " + m.id));
   std::string text = "message " + m.id + " (" + m.method + ") from " + m.from_node + " to " +
                      m.to_node + " dropped: " + why +
                      "; check that the node is up and has the method";
@@ -336,7 +324,7 @@ void Node::Impl::on_ack(Incoming&& in) {
       [ids = std::move(acked_ids)](WriteTxn& t) {
         for (const auto& id : ids) t.del(Db::outbox, id);
       },
-      log_failure("outbox: cannot remove ACKed messages"));
+      log_write_failure("outbox: cannot remove ACKed messages"));
   acked_ids.clear();
 }
 

@@ -97,22 +97,16 @@ void TrustStore::save(const PeerKey& k) {
 }
 
 void TrustStore::persist(std::string key, std::optional<std::string> value) {
+  std::string what = "trust store: cannot save " + key;
   store_.write_later(
-      [key, value = std::move(value)](WriteTxn& t) {
+      [key = std::move(key), value = std::move(value)](WriteTxn& t) {
         if (value) {
           t.put(Db::meta, key, *value);
         } else {
           t.del(Db::meta, key);
         }
       },
-      [key](std::exception_ptr e) {
-        if (!e) return;
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& x) {
-          spdlog::error("trust store: cannot save {}: {}", key, x.what());
-        }
-      });
+      log_write_failure(std::move(what)));
 }
 
 void TrustStore::configure(const SecurityConfig& cfg) {

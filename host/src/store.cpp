@@ -329,6 +329,17 @@ void Store::write_async(WriteFn fn, DoneFn done) {
   lead(lk);
 }
 
+DoneFn log_write_failure(std::string what) {
+  return [what = std::move(what)](std::exception_ptr err) {
+    if (!err) return;
+    try {
+      std::rethrow_exception(err);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: {}", what, e.what());
+    }
+  };
+}
+
 void Store::write_later(WriteFn fn, DoneFn done) {
   if (!fn || !done) throw StoreError("store " + dir_.string() + ": write without a function");
   {

@@ -89,6 +89,9 @@ struct InboxEntry {
 
 using WriteFn = std::function<void(WriteTxn&)>;
 using DoneFn = std::function<void(std::exception_ptr)>;  // nullptr = durable
+// The completion of a write nobody waits for: logs "<what>: <error>" when it
+// failed (only a failure is worth a line).
+DoneFn log_write_failure(std::string what);
 
 class Store {
  public:
