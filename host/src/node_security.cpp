@@ -33,6 +33,17 @@ bool allows(const SecurityConfig& security, const std::string& peer, const std::
   return false;
 }
 
+// The node a request's subject "<prefix>.req.<node>.<method>" goes to;
+// empty when the subject is no request's.
+std::string_view request_addressee(std::string_view subject, std::string_view prefix) {
+  if (subject.size() <= prefix.size() + 5 || subject.substr(0, prefix.size()) != prefix ||
+      subject.substr(prefix.size(), 5) != ".req.") {
+    return {};
+  }
+  std::string_view rest = subject.substr(prefix.size() + 5);
+  return rest.substr(0, rest.find('.'));
+}
+
 }  // namespace
 
 // Any other reply method runs only if the peer may invoke it as a request.
@@ -45,19 +56,16 @@ std::string Node::Impl::pair_peer(std::string_view subject) const {
   if (!identity || !trust || !current_config()->security.pair_keys) return {};
   // Requests and replies go to bosun.req.<node>.<method>, ACKs to the
   // sender's _INBOX.<node>. ...; events have many readers: signed.
-  std::string_view rest;
-  const std::string& prefix = config.broker.subject_prefix;
+  std::string_view to;
   if (subject.substr(0, 7) == "_INBOX.") {
-    rest = subject.substr(7);
-  } else if (subject.size() > prefix.size() + 5 && subject.substr(0, prefix.size()) == prefix &&
-             subject.substr(prefix.size(), 5) == ".req.") {
-    rest = subject.substr(prefix.size() + 5);
+    std::string_view rest = subject.substr(7);
+    to = rest.substr(0, rest.find('.'));
   } else {
-    return {};
+    to = request_addressee(subject, config.broker.subject_prefix);
   }
-  std::string to(rest.substr(0, rest.find('.')));
+  if (to.empty()) return {};
   if (to == config.node.name) return identity->public_key_raw();
-  return trust->accepted_raw(to);
+  return trust->accepted_raw(std::string(to));
 }
 
 std::string Node::Impl::seal(std::string_view subject, std::string_view body,
@@ -207,11 +215,8 @@ bool Node::Impl::authorized_by_cause(Message& m, std::string* why) {
   }
   // Sent to the node that now acts for it, or to this node (which had
   // another node act for it: copy_file_to's source).
-  const std::string req = config.broker.subject_prefix + ".req.";
-  std::string_view subject(in.subject);
-  if (subject.substr(0, req.size()) != req) return refuse("its subject is not a request's");
-  std::string_view rest = subject.substr(req.size());
-  std::string to(rest.substr(0, rest.find('.')));
+  const std::string to(request_addressee(in.subject, config.broker.subject_prefix));
+  if (to.empty()) return refuse("its subject is not a request's");
   if (to != m.from_node && to != me) {
     return refuse("it was sent to " + to + ", not to " + m.from_node + " or " + me);
   }
@@ -242,7 +247,7 @@ bool Node::Impl::authorized_by_cause(Message& m, std::string* why) {
     return refuse(e.what());
   }
   if (c.is_reply || c.from_node != env.signer || c.to_node != to ||
-      in.subject != req + c.to_node + "." + c.method) {
+      in.subject != config.broker.subject_prefix + ".req." + c.to_node + "." + c.method) {
     return refuse(
         "its message does not match its envelope (a reply, or another sender, "
         "receiver or method than its signature covers)");
