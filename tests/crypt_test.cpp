@@ -130,12 +130,8 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   // Before the bus: its callbacks may run until it is gone.
   std::mutex mu;
   std::vector<host::Incoming> seen;
-  host::BrokerConfig bc;
-  bc.servers = h_.servers();
-  bc.connect_timeout_ms = 2000;
-  host::Transport bus(bc, "listener");
-  bus.connect(false);
-  bus.subscribe("bosun.req.>", [&](host::Incoming&& in) {
+  auto bus = h_.connect_bus("listener");
+  bus->subscribe("bosun.req.>", [&](host::Incoming&& in) {
     std::lock_guard<std::mutex> lock(mu);
     seen.push_back(std::move(in));
   });
@@ -187,7 +183,7 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
                        host::base64_encode(central_key.public_key_raw()) + " " +
                        host::base64_encode(sig) + " " + env.key_id + "\n" + tampered;
   uint64_t bad_before = ship1.refused("bad_ciphertext");
-  auto answer = bus.request(subject, forged, 5s);
+  auto answer = bus->request(subject, forged, 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_EQ(envelope_body(*answer).rfind("NAK ", 0), 0u) << envelope_body(*answer);
   EXPECT_NE(envelope_body(*answer).find("does not decrypt"), std::string::npos);
@@ -203,7 +199,7 @@ TEST_F(CryptTest, KeyExchangeSecretOnlyToAcceptedNodesAndEncryptedPayloads) {
   plain.method_args = {"sh", "-c", "echo clear >> " + ran.string()};
   plain.sent_at_ms = host::now_ms();
   uint64_t clear_before = ship1.refused("not_encrypted");
-  answer = bus.request(subject, sealed_by(central, subject, host::to_json(plain).dump()), 5s);
+  answer = bus->request(subject, sealed_by(central, subject, host::to_json(plain).dump()), 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_NE(envelope_body(*answer).find("in clear"), std::string::npos) << envelope_body(*answer);
   EXPECT_EQ(ship1.refused("not_encrypted"), clear_before + 1);

@@ -355,11 +355,7 @@ TEST_F(RelayTest, AReplyFromAnotherNodeThanTheTargetIsNotForwarded) {
       },
       10s));
   // node1 (any node on the bus) answers in node2's stead.
-  host::BrokerConfig bc;
-  bc.servers = h_.servers();
-  bc.connect_timeout_ms = 2000;
-  host::Transport bus(bc, "forger");
-  bus.connect(false);
+  auto bus = h_.connect_bus("forger");
   host::Message forged;
   forged.id = host::new_message_id();
   forged.from_node = "node1";
@@ -373,7 +369,7 @@ TEST_F(RelayTest, AReplyFromAnotherNodeThanTheTargetIsNotForwarded) {
   forged.status = "ok";
   forged.sent_at_ms = host::now_ms();
   // Signed with node1's own key: an accepted node of the fleet, lying.
-  auto ack = bus.request(
+  auto ack = bus->request(
       "bosun.req.central.relay_reply",
       sealed_by(node1_, "bosun.req.central.relay_reply", host::to_json(forged).dump()), 5s);
   ASSERT_TRUE(ack.has_value());

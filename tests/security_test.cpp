@@ -182,14 +182,10 @@ TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
        "bad_signature", "does not verify"},
   };
 
-  host::BrokerConfig bc;
-  bc.servers = h_.servers();
-  bc.connect_timeout_ms = 2000;
-  host::Transport bus(bc, "hostile");
-  bus.connect(false);
+  auto bus = h_.connect_bus("hostile");
   for (const auto& c : cases) {
     uint64_t before = ship1.refused(c.reason);
-    auto answer = bus.request(subject, c.wire, 5s);
+    auto answer = bus->request(subject, c.wire, 5s);
     ASSERT_TRUE(answer.has_value()) << c.what << ": no answer";
     std::string text = envelope_body(*answer);
     EXPECT_EQ(text.rfind("NAK ", 0), 0u) << c.what << ": " << text;
@@ -199,7 +195,7 @@ TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
   }
   // The operator rejects mallory: refused as rejected from then on.
   ASSERT_FALSE(ship1.keys("reject", "mallory").contains("error"));
-  auto answer = bus.request(
+  auto answer = bus->request(
       subject, intruder.seal("mallory", subject, request("mallory"), host::now_ms()), 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_NE(envelope_body(*answer).find("the key of mallory was rejected on ship1"),
@@ -211,7 +207,7 @@ TEST_F(SecurityTest, AHostilePeerOnTheBusRunsNothingAndTheNodeKeepsServing) {
   captured["methodArgs"] = {"sh", "-c", "echo x >> " + marker.string() + ".once"};
   std::string once = sealed_by(central, subject, captured.dump());
   for (int i = 0; i < 2; ++i) {
-    auto a = bus.request(subject, once, 5s);
+    auto a = bus->request(subject, once, 5s);
     ASSERT_TRUE(a.has_value());
     EXPECT_EQ(envelope_body(*a), "ACK");
   }
@@ -382,18 +378,14 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
   // Before the bus: its callbacks may run until it is gone.
   std::mutex mu;
   std::vector<std::pair<std::string, std::string>> seen;  // subject, first 5 bytes
-  host::BrokerConfig bc;
-  bc.servers = h_.servers();
-  bc.connect_timeout_ms = 2000;
-  host::Transport bus(bc, "observer");
-  bus.connect(false);
+  auto bus = h_.connect_bus("observer");
   auto record = [&](host::Incoming&& in) {
     std::lock_guard<std::mutex> lock(mu);
     seen.emplace_back(in.subject, in.data.substr(0, 5));
   };
-  bus.subscribe("bosun.req.>", record);
-  bus.subscribe("_INBOX.>", record);
-  bus.subscribe("bosun.evt.>", record);
+  bus->subscribe("bosun.req.>", record);
+  bus->subscribe("_INBOX.>", record);
+  bus->subscribe("bosun.evt.>", record);
   auto finals = final_replies(central.send(json::array({message("ship1", "ping")})));
   ASSERT_EQ(finals.size(), 1u);
   EXPECT_EQ(finals[0]["data"], "pong");
@@ -455,7 +447,7 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
   auto ship2_id = host::Identity::load_or_create(ship2.data_dir());
   uint64_t bad_before = ship1.refused("bad_signature");
   std::string for_ship2 = paired_by(central, ship2, subject, body);
-  auto answer = bus.request(subject, for_ship2, 5s);
+  auto answer = bus->request(subject, for_ship2, 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_NE(
       envelope_body(*answer).find("a tag made for another key of ship1 (" +
@@ -468,7 +460,7 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
   size_t hint = for_ship2.find(host::key_hint(ship2_id.public_key_raw()));
   ASSERT_LT(hint, for_ship2.find('\n'));
   for_ship2.replace(hint, 16, host::key_hint(ship1_id.public_key_raw()));
-  answer = bus.request(subject, for_ship2, 5s);
+  answer = bus->request(subject, for_ship2, 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_NE(envelope_body(*answer).find("the tag does not verify against the key it carries "
                                         "(claims to be central): changed on the way, or forged, "
@@ -493,13 +485,13 @@ TEST_F(SecurityTest, AcceptedPeersUsePairKeyTagsThatNoThirdNodeCanMake) {
                          " " + host::base64_encode(std::string(reinterpret_cast<char*>(tag), len)) +
                          " " + host::key_hint(ship1_id.public_key_raw()) + "\n" + body;
     bad_before = ship1.refused("bad_signature");
-    answer = bus.request(subject, forged, 5s);
+    answer = bus->request(subject, forged, 5s);
     ASSERT_TRUE(answer.has_value());
     EXPECT_EQ(envelope_body(*answer).rfind("NAK ", 0), 0u) << envelope_body(*answer);
     EXPECT_EQ(ship1.refused("bad_signature"), bad_before + 1);
   }
   // The genuine article runs (so the refusals above were about the tag).
-  answer = bus.request(subject, paired_by(central, ship1, subject, body), 5s);
+  answer = bus->request(subject, paired_by(central, ship1, subject, body), 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_EQ(envelope_body(*answer), "ACK");
   EXPECT_TRUE(wait_until([&] { return fs::exists(marker); }, 10s));
@@ -642,14 +634,10 @@ TEST_F(SecurityTest, ModuleMessagesCarryTheSignedRequestAndRunAsItsSender) {
       {"no envelope", "filecopy_abort", json{{"subject", cause_subject}},
        "\"cause\" must be an object"},
   };
-  host::BrokerConfig bc;
-  bc.servers = h_.servers();
-  bc.connect_timeout_ms = 2000;
-  host::Transport bus(bc, "ship1-forger");
-  bus.connect(false);
+  auto bus = h_.connect_bus("ship1-forger");
   for (const auto& c : cases) {
     uint64_t before = ship2.refused("not_allowed");
-    auto answer = bus.request("bosun.req.ship2." + c.method, carried(c.method, c.cause), 5s);
+    auto answer = bus->request("bosun.req.ship2." + c.method, carried(c.method, c.cause), 5s);
     ASSERT_TRUE(answer.has_value()) << c.what << ": no answer";
     std::string text = envelope_body(*answer);
     EXPECT_EQ(text.rfind("NAK ", 0), 0u) << c.what << ": " << text;
@@ -659,8 +647,8 @@ TEST_F(SecurityTest, ModuleMessagesCarryTheSignedRequestAndRunAsItsSender) {
     EXPECT_EQ(ship2.refused("not_allowed"), before + 1) << c.what;
   }
   // The genuine request lets a filecopy method in.
-  auto answer = bus.request("bosun.req.ship2.filecopy_abort",
-                            carried("filecopy_abort", cause(cause_subject, good)), 5s);
+  auto answer = bus->request("bosun.req.ship2.filecopy_abort",
+                             carried("filecopy_abort", cause(cause_subject, good)), 5s);
   ASSERT_TRUE(answer.has_value());
   EXPECT_EQ(envelope_body(*answer), "ACK");
   EXPECT_TRUE(wait_until(

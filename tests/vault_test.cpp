@@ -217,12 +217,8 @@ TEST_F(VaultTest, OnlyAcceptedNodesGetATokenAndOnlyUnderTheirAcceptedKey) {
   // Before the bus: its callbacks may run until it is gone.
   std::mutex mu;
   std::vector<std::string> sealed;
-  host::BrokerConfig bc;
-  bc.servers = h_.servers();
-  bc.connect_timeout_ms = 2000;
-  host::Transport bus(bc, "listener");
-  bus.connect(false);
-  bus.subscribe("bosun.req.ship1.receive_vault_token", [&](host::Incoming&& in) {
+  auto bus = h_.connect_bus("listener");
+  bus->subscribe("bosun.req.ship1.receive_vault_token", [&](host::Incoming&& in) {
     host::Envelope env;
     std::string why;
     if (!host::parse_envelope(in.data, env, &why)) return;

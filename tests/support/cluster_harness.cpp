@@ -210,6 +210,15 @@ ClusterNode& ClusterHarness::node(const std::string& name) {
   return *it->second;
 }
 
+std::unique_ptr<host::Transport> ClusterHarness::connect_bus(const std::string& name) const {
+  host::BrokerConfig bc;
+  bc.servers = servers_;
+  bc.connect_timeout_ms = 2000;
+  auto bus = std::make_unique<host::Transport>(bc, name);
+  bus->connect(false);
+  return bus;
+}
+
 void ClusterHarness::dump_logs(size_t lines) const {
   for (const auto& [name, node] : nodes_) {
     std::cerr << "==== last " << lines << " lines of " << node->log_file().string() << " ====\n"

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bosun/host/transport.hpp"
 #include "nats_server.hpp"
 #include "test_util.hpp"
 
@@ -113,6 +114,11 @@ class ClusterHarness {
 
   // Prints the last `lines` lines of every node's log to stderr.
   void dump_logs(size_t lines = 150) const;
+
+  // A connection of its own to the harness's broker, connected, as no node:
+  // for tests that listen to the bus or publish forged messages. Declare
+  // what its callbacks fill before it: they may run until it is gone.
+  std::unique_ptr<host::Transport> connect_bus(const std::string& name) const;
 
  private:
   TempDir dir_;
