@@ -275,6 +275,39 @@ TEST_F(SecurityTest, SecurityAllowChangesOnReloadWithoutARestart) {
   EXPECT_EQ(other[0].value("status", ""), "error");
 }
 
+// The tag function against RFC 4231's test cases: a short key (1), a key
+// shorter than the data (2), a key longer than SHA-256's block, hashed
+// first (6), and a message of several blocks (7); and against OpenSSL's
+// own one-shot HMAC() for every length up to three blocks.
+TEST(PairKeys, HmacSha256MatchesRfc4231AndOpenSsl) {
+  auto hex = [](std::string_view s) { return host::hex_encode(s); };
+  EXPECT_EQ(hex(host::hmac_sha256(std::string(20, '\x0b'), "Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  EXPECT_EQ(hex(host::hmac_sha256("Jefe", "what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  EXPECT_EQ(hex(host::hmac_sha256(std::string(131, '\xaa'),
+                                  "Test Using Larger Than Block-Size Key - Hash Key First")),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  EXPECT_EQ(
+      hex(host::hmac_sha256(std::string(131, '\xaa'),
+                            "This is a test using a larger than block-size key and a larger than "
+                            "block-size data. The key needs to be hashed before being used by the "
+                            "HMAC algorithm.")),
+      "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
+  const std::string key(32, '\x5c');
+  std::string data;
+  for (int n = 0; n <= 192; ++n) {
+    unsigned char md[32];
+    unsigned int len = 0;
+    ASSERT_NE(HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+                   reinterpret_cast<const unsigned char*>(data.data()), data.size(), md, &len),
+              nullptr);
+    ASSERT_EQ(host::hmac_sha256(key, data), std::string(reinterpret_cast<char*>(md), len))
+        << "data of " << n << " bytes";
+    data.push_back(static_cast<char>('a' + n % 26));
+  }
+}
+
 // Pair keys (security.pairKeys) without a bus: both ends derive the same
 // key, nobody else does, and a tag verifies only for its two nodes, its
 // subject and its bytes.

@@ -4,12 +4,12 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <sys/stat.h>
 
 #include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <system_error>
 
@@ -190,22 +190,6 @@ struct Identity::PairCache {
     for (auto& [peer, key] : keys) OPENSSL_cleanse(key.data(), key.size());
   }
 };
-
-namespace {
-
-std::string hmac_sha256(std::string_view key, std::string_view data) {
-  std::string tag(32, '\0');
-  unsigned int len = 0;
-  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-           reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-           reinterpret_cast<unsigned char*>(tag.data()), &len) == nullptr ||
-      len != 32) {
-    return {};
-  }
-  return tag;
-}
-
-}  // namespace
 
 Identity::Identity(Ed25519Key key)
     : key_(std::make_shared<Ed25519Key>(std::move(key))),

@@ -85,6 +85,48 @@ std::string sha256_hex(std::string_view bytes) {
   return to_hex(md, len);
 }
 
+// HMAC-SHA256 (RFC 2104) over SHA-256 fetched once, with one digest
+// context per thread. OpenSSL 3's one-shot HMAC() looks the algorithms up
+// by name and builds its contexts on every call: that was most of what a
+// pair-key tag cost (~9% of a node's CPU at full messaging load).
+std::string hmac_sha256(std::string_view key, std::string_view data) {
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  struct ThreadCtx {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    ~ThreadCtx() { EVP_MD_CTX_free(ctx); }
+  };
+  thread_local ThreadCtx local;
+  constexpr size_t kBlock = 64;
+  if (sha256 == nullptr || local.ctx == nullptr) return {};
+  unsigned char k0[kBlock] = {0};
+  if (key.size() > kBlock) {
+    unsigned int n = 0;
+    if (EVP_Digest(key.data(), key.size(), k0, &n, sha256, nullptr) != 1) return {};
+  } else {
+    std::memcpy(k0, key.data(), key.size());
+  }
+  unsigned char pad[kBlock];
+  unsigned char inner[32];
+  std::string tag(32, '\0');
+  unsigned int len = 0;
+  for (size_t i = 0; i < kBlock; ++i) pad[i] = k0[i] ^ 0x36;
+  bool ok = EVP_DigestInit_ex2(local.ctx, sha256, nullptr) == 1 &&
+            EVP_DigestUpdate(local.ctx, pad, kBlock) == 1 &&
+            EVP_DigestUpdate(local.ctx, data.data(), data.size()) == 1 &&
+            EVP_DigestFinal_ex(local.ctx, inner, &len) == 1 && len == sizeof inner;
+  for (size_t i = 0; i < kBlock; ++i) pad[i] = k0[i] ^ 0x5c;
+  ok = ok && EVP_DigestInit_ex2(local.ctx, sha256, nullptr) == 1 &&
+       EVP_DigestUpdate(local.ctx, pad, kBlock) == 1 &&
+       EVP_DigestUpdate(local.ctx, inner, sizeof inner) == 1 &&
+       EVP_DigestFinal_ex(local.ctx, reinterpret_cast<unsigned char*>(tag.data()), &len) == 1 &&
+       len == 32;
+  OPENSSL_cleanse(k0, sizeof k0);
+  OPENSSL_cleanse(pad, sizeof pad);
+  OPENSSL_cleanse(inner, sizeof inner);
+  if (!ok) return {};
+  return tag;
+}
+
 std::string sha256_file_hex(const fs::path& file) {
   int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw SigningError("cannot read " + file.string() + ": " + std::strerror(errno));

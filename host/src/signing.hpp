@@ -23,6 +23,9 @@ std::string base64_encode(std::string_view bytes);
 // Lower-case hex, two digits a byte.
 std::string hex_encode(std::string_view bytes);
 std::string sha256_hex(std::string_view bytes);
+// HMAC-SHA256 (RFC 2104) of `data` under `key`: the raw 32-byte tag, or ""
+// when OpenSSL fails.
+std::string hmac_sha256(std::string_view key, std::string_view data);
 // The same of a file, read in 1 MiB blocks; throws SigningError naming it.
 std::string sha256_file_hex(const std::filesystem::path& file);
 
