@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <future>
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -485,6 +486,148 @@ TEST(Messaging, BadInputOnTheBusIsDroppedNakedAndLogged) {
   ASSERT_EQ(finals.size(), 1u);
   EXPECT_EQ(finals[0]["data"], "pong");
   EXPECT_EQ(ship1.counter("dropped"), cases.size());
+}
+
+// What one bus subscription saw: subject and envelope body of each NATS
+// message, in order.
+struct Seen {
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> messages;
+  void add(const host::Incoming& in) {
+    std::lock_guard<std::mutex> lock(mu);
+    messages.emplace_back(in.subject, envelope_body(in.data));
+  }
+  std::vector<std::pair<std::string, std::string>> get() {
+    std::lock_guard<std::mutex> lock(mu);
+    return messages;
+  }
+};
+
+// A batch: several messages for one subject in one NATS message, a JSON
+// array under one envelope. Each is checked as if it had come alone, and
+// the batch gets one answer on its ACK subject (NATS permissions may allow
+// no more, allow_responses): an ACK or a NAK with its reason for each. The
+// replies of the quick calls it asked for leave ship1 as one NATS message.
+// Malformed batches are refused whole.
+TEST(Messaging, ABatchIsTakenMessageByMessageAndItsRepliesLeaveTogether) {
+  ClusterHarness h;
+  ClusterNode& central = h.add_node("central");
+  ClusterNode& ship1 = h.add_node("ship1");
+  central.start();
+  ship1.start();
+  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+
+  Seen replies, acks;  // before the bus: its callbacks fill them
+  auto bus = h.connect_bus("observer");
+  bus->subscribe("bosun.req.central.none", [&](host::Incoming&& in) { replies.add(in); });
+  const std::string inbox = "_INBOX.observer.acks";
+  bus->subscribe(inbox + ".*", [&](host::Incoming&& in) { acks.add(in); });
+  ASSERT_TRUE(bus->flush(5s));
+
+  const std::string subject = "bosun.req.ship1.ping";
+  json a = json::parse(wire_message("central", "ship1", "ping"));
+  json b = json::parse(wire_message("central", "ship2", "ping"));  // another node's
+  json c = json::parse(wire_message("central", "ship1", "ping"));
+  const std::string ida = a["id"], idb = b["id"], idc = c["id"];
+  ASSERT_TRUE(bus->publish(subject, sealed_by(central, subject, json::array({a, b, c}).dump()),
+                           inbox + "." + ida));
+  ASSERT_TRUE(wait_until([&] { return !acks.get().empty() && !replies.get().empty(); }, 10s));
+  std::this_thread::sleep_for(300ms);  // anything more would show now
+
+  auto got = acks.get();
+  ASSERT_EQ(got.size(), 1u) << "one answer to one batch";
+  EXPECT_EQ(got[0].first, inbox + "." + ida);
+  EXPECT_EQ(got[0].second, "ACKS\nACK " + ida + "\nNAK " + idb +
+                               " addressed to node \"ship2\", not ship1\nACK " + idc);
+  EXPECT_EQ(ship1.refused("wrong_node"), 1u);
+  EXPECT_NE(ship1.log().find("dropped a message on bosun.req.ship1.ping: addressed to node"),
+            std::string::npos);
+
+  auto sent = replies.get();
+  ASSERT_EQ(sent.size(), 1u) << "the two replies left as " << sent.size() << " NATS messages";
+  json batch = json::parse(sent[0].second, nullptr, false);
+  ASSERT_TRUE(batch.is_array()) << sent[0].second;
+  ASSERT_EQ(batch.size(), 2u);
+  std::set<std::string> answered;
+  for (const auto& r : batch) {
+    EXPECT_EQ(r.value("data", ""), "pong");
+    EXPECT_EQ(r.value("fromNode", ""), "ship1");
+    answered.insert(r.value("inReplyTo", ""));
+  }
+  EXPECT_EQ(answered, (std::set<std::string>{ida, idc}));
+
+  // Refused whole, with one NAK on the batch's own ACK subject: too many
+  // messages, and something that is not a message.
+  json many = json::array();
+  for (int i = 0; i < 65; ++i)
+    many.push_back(json::parse(wire_message("central", "ship1", "ping")));
+  auto answer = bus->request(subject, sealed_by(central, subject, many.dump()), 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(envelope_body(*answer).rfind("NAK a batch must hold 1 to 64 messages", 0), 0u)
+      << envelope_body(*answer);
+  answer = bus->request(subject, sealed_by(central, subject, json::array({a, 7}).dump()), 5s);
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(envelope_body(*answer), "NAK batch message 1: expected a JSON object, got number");
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(replies.get().size(), 1u) << "a refused batch ran something";
+}
+
+// A `send` of several messages to one node goes as one NATS message (one
+// outbox write before it), and each is answered.
+TEST(Messaging, MessagesSentTogetherToOneNodeTravelAsOneBatch) {
+  ClusterHarness h;
+  ClusterNode& central = h.add_node("central");
+  ClusterNode& ship1 = h.add_node("ship1");
+  central.start();
+  ship1.start();
+  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+
+  Seen requests;
+  auto bus = h.connect_bus("observer");
+  bus->subscribe("bosun.req.ship1.ping", [&](host::Incoming&& in) { requests.add(in); });
+  ASSERT_TRUE(bus->flush(5s));
+  json five = json::array();
+  for (int i = 0; i < 5; ++i) five.push_back(message("ship1", "ping"));
+  auto finals = final_replies(central.send(five));
+  ASSERT_EQ(finals.size(), 5u);
+  for (const auto& f : finals) EXPECT_EQ(f.value("data", ""), "pong");
+  auto seen = requests.get();
+  ASSERT_EQ(seen.size(), 1u) << "five requests left central as " << seen.size() << " NATS messages";
+  json batch = json::parse(seen[0].second, nullptr, false);
+  ASSERT_TRUE(batch.is_array()) << seen[0].second;
+  EXPECT_EQ(batch.size(), 5u);
+  EXPECT_EQ(ship1.counter("duplicates"), 0u);
+}
+
+// One message of a batch refused by the receiver (here: over its
+// host.maxMessageBytes) fails alone and at once, with the receiver's reason
+// (the batch's one answer names it); the others run.
+TEST(Messaging, AMessageOfABatchThatTheReceiverRefusesFailsAloneAndAtOnce) {
+  ClusterHarness h;
+  ClusterNode& central = h.add_node("central");
+  ClusterNode& ship1 = h.add_node("ship1");
+  ship1.config()["host"]["maxMessageBytes"] = 4096;
+  central.start();
+  ship1.start();
+  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+
+  json two = json::array({message("ship1", "ping"), message("ship1", "ping")});
+  two[1]["data"] = std::string(5000, 'x');
+  const auto start = std::chrono::steady_clock::now();
+  auto finals = final_replies(central.send(two));
+  ASSERT_EQ(finals.size(), 2u) << json(finals).dump();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s) << "the refusal waited for a timeout";
+  int pong = 0, refused = 0;
+  for (const auto& f : finals) {
+    if (f.value("data", "") == "pong") ++pong;
+    if (f.value("error", "").find("refused by ship1: message of ") != std::string::npos &&
+        f.value("error", "").find("exceeds host.maxMessageBytes") != std::string::npos) {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(pong, 1) << json(finals).dump();
+  EXPECT_EQ(refused, 1) << json(finals).dump();
+  EXPECT_EQ(ship1.refused("too_large"), 1u);
 }
 
 TEST(Messaging, ADuplicateOnTheBusIsAckedTwiceAndRunOnce) {

@@ -60,7 +60,8 @@ bool Node::Impl::enter_module(MethodEntry& entry, std::string* error) {
   return false;
 }
 
-void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run, bool tracked) {
+void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run, bool tracked,
+                            bool marked_running) {
   MethodEntry entry = found;
   if (std::string error; !enter_module(entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
@@ -71,6 +72,7 @@ void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run
   auto call = std::make_shared<bosun_call>();
   call->node = this;
   call->tracked = tracked;
+  call->marked_running = marked_running;
   call->entry = entry;
   call->msg = std::move(m);
   call->started_ms = now_ms();
@@ -113,7 +115,7 @@ void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run
 
 void Node::Impl::run_call(const std::shared_ptr<bosun_call>& call) {
   bosun_status status = BOSUN_OK;
-  if (call->tracked && !call->cancelled.load()) {
+  if (call->tracked && !call->marked_running && !call->cancelled.load()) {
     try {
       mark_running(call->msg.id);
     } catch (const std::exception& e) {
@@ -323,6 +325,7 @@ void Node::Impl::register_builtins(MethodTable& t) {
     reply(c, "pong");
     return BOSUN_OK;
   });
+
   add("announce_key", "a node's key announcement (the key travels in the envelope)",
       [reply](bosun_call* c) {
         reply(c, "noted");
@@ -382,6 +385,10 @@ void Node::Impl::register_builtins(MethodTable& t) {
         reply(c, "cancelled " + id);
         return BOSUN_OK;
       });
+  // These answer from memory at once: run where they arrive (MethodEntry::quick).
+  for (const char* quick : {"ping", "plugin_list", "op_process_list", "op_process_stop"}) {
+    t[quick].quick = true;
+  }
 }
 
 // ------------------------------------------------------------ host API ----

@@ -13,6 +13,7 @@
 // that had not started runs, and one that had started is not run twice.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <utility>
@@ -35,6 +36,39 @@ constexpr int64_t kInboxKeepMs = 24LL * 3600 * 1000;
 constexpr size_t kMaxAckBatch = 64;
 // Far above the 26 characters of our own ids, far below LMDB's key limit.
 constexpr size_t kMaxIdBytes = 128;
+// A batch on the wire: at most this many messages (so that one ACK names
+// them all) and this many bytes of them.
+constexpr size_t kMaxBatchMessages = kMaxAckBatch;
+constexpr size_t kMaxBatchBytes = 64 * 1024;
+// What a batch's NATS payload may hold, envelope included, whatever
+// host.maxMessageBytes says (which each of its messages must keep to).
+constexpr size_t kMaxBatchPayload = 2 * kMaxBatchBytes + 4096;
+
+}  // namespace
+
+// The SendBatch open on this thread, if any (for one node: tests and
+// benchmarks run several in one process).
+struct Node::Impl::SendBatch {
+  struct Item {
+    Message msg;
+    std::string bytes;
+    std::string done_id;
+  };
+  Impl* node;
+  SendBatch* outer;
+  bool open = false;  // false: it joined an outer batch of the same node
+  std::vector<Item> items;
+  explicit SendBatch(Impl* n);
+  ~SendBatch() { commit(); }
+  // Commits what was sent into it to the outbox and publishes it; returns
+  // the ids that could not be put in the outbox (with why), or nothing.
+  std::pair<std::vector<std::string>, std::string> commit();
+  SendBatch(const SendBatch&) = delete;
+  SendBatch& operator=(const SendBatch&) = delete;
+};
+
+namespace {
+thread_local Node::Impl::SendBatch* t_send_batch = nullptr;
 
 }  // namespace
 
@@ -102,6 +136,7 @@ void Node::Impl::resume_delivery() {
       store->outbox_remove(id);
     }
   }
+  flush_publishes();
 }
 
 double Node::Impl::ack_timeout_s(const Message& m) const {
@@ -118,6 +153,11 @@ int Node::Impl::retries_of(const Message& m) const {
 
 bool Node::Impl::send_remote(Message m, const std::string& done_id) {
   std::string bytes = to_text(m);
+  if (SendBatch* b = t_send_batch; b != nullptr && b->node == this) {
+    // Committed and published with the rest of the batch when it closes.
+    b->items.push_back(SendBatch::Item{std::move(m), std::move(bytes), done_id});
+    return !done_id.empty();
+  }
   // Durable before it counts as accepted: a crash from here on resends it.
   if (done_id.empty()) {
     store->outbox_put(m.id, bytes);
@@ -135,7 +175,64 @@ bool Node::Impl::send_remote(Message m, const std::string& done_id) {
   counters.sent++;
   count_message(MessageEvent::sent, m, m.to_node);
   publish_attempt(std::move(m), std::move(bytes));
+  flush_publishes();
   return !done_id.empty();
+}
+
+Node::Impl::SendBatch::SendBatch(Impl* n) : node(n), outer(t_send_batch) {
+  // An inner batch of the same node joins the outer one.
+  if (outer != nullptr && outer->node == n) return;
+  open = true;
+  t_send_batch = this;
+}
+
+std::pair<std::vector<std::string>, std::string> Node::Impl::SendBatch::commit() {
+  if (!open) return {};
+  open = false;
+  t_send_batch = outer;
+  if (items.empty()) return {};
+  try {
+    node->store->write([this](WriteTxn& t) {
+      for (const auto& item : items) {
+        t.put(Db::outbox, item.msg.id, item.bytes);
+        if (item.done_id.empty()) continue;
+        try {
+          Store::inbox_set_state_in(t, item.done_id, kStateDone);
+        } catch (const StoreError& e) {
+          // Not worth losing the reply over.
+          spdlog::error("message {}: cannot record it as done: {}", item.done_id, e.what());
+        }
+      }
+    });
+  } catch (const std::exception& e) {
+    // What asked for them from the bus stays "running" in the inbox and is
+    // answered "interrupted" at the next start; a submitter is told.
+    spdlog::error("{} message(s) for other nodes not sent: cannot put them in the outbox: {}",
+                  items.size(), e.what());
+    std::vector<std::string> ids;
+    for (const auto& item : items) ids.push_back(item.msg.id);
+    items.clear();
+    return {std::move(ids), e.what()};
+  }
+  try {
+    for (auto& item : items) {
+      node->counters.sent++;
+      node->count_message(MessageEvent::sent, item.msg, item.msg.to_node);
+      node->publish_attempt(std::move(item.msg), std::move(item.bytes));
+    }
+    node->flush_publishes();
+  } catch (const std::exception& e) {
+    // In the outbox: their ACK deadlines, or the next start, send them.
+    spdlog::error("{} message(s) for other nodes not sent yet: {}", items.size(), e.what());
+  }
+  items.clear();
+  return {};
+}
+
+Node::Impl::SendScope::SendScope(Impl* node) : batch_(std::make_unique<SendBatch>(node)) {}
+Node::Impl::SendScope::~SendScope() = default;
+std::pair<std::vector<std::string>, std::string> Node::Impl::SendScope::commit() {
+  return batch_->commit();
 }
 
 void Node::Impl::publish_attempt(Message m, std::string bytes) {
@@ -160,7 +257,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
   }
   auto out = std::make_shared<Outgoing>();
   out->subject = subject;
-  out->bytes = std::move(bytes);
+  out->bytes = bytes;
   out->attempts_left = retries_of(m);
   out->sign = sign;
   out->ack_timeout = std::chrono::milliseconds(std::llround(ack_s * 1000));
@@ -171,9 +268,76 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     outgoing[id] = out;
     out->ack_deadline = deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
   }
-  if (auto t = bus())
-    t->publish(out->subject, seal_request(out->subject, out->bytes, out->sign),
-               ack_inbox + "." + id);
+  // Sent by the caller's flush_publishes() (or another thread's).
+  queue_publish(Publish{std::move(subject), id, std::move(bytes), sign});
+}
+
+void Node::Impl::queue_publish(Publish p) {
+  std::lock_guard<std::mutex> lock(publish_mu);
+  publish_queue.push_back(std::move(p));
+}
+
+void Node::Impl::flush_publishes() {
+  std::vector<Publish> items;
+  {
+    std::lock_guard<std::mutex> lock(publish_mu);
+    if (publishing || publish_queue.empty()) return;
+    publishing = true;
+    items.swap(publish_queue);
+  }
+  for (;;) {
+    try {
+      send_publishes(items);
+    } catch (const std::exception& e) {
+      // Their ACK deadlines resend them.
+      spdlog::error("publishing {} message(s): {}", items.size(), e.what());
+    }
+    items.clear();
+    std::lock_guard<std::mutex> lock(publish_mu);
+    if (publish_queue.empty()) {
+      publishing = false;
+      return;
+    }
+    items.swap(publish_queue);
+  }
+}
+
+void Node::Impl::send_publishes(std::vector<Publish>& items) {
+  auto t = bus();
+  if (!t) return;
+  // Those for one subject, in the order they came, as few NATS messages as
+  // the limits allow; a signed one always alone (what its call's messages
+  // carry as their cause is exactly its own envelope).
+  std::vector<char> sent(items.size(), 0);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (sent[i]) continue;
+    sent[i] = 1;
+    const Publish& first = items[i];
+    std::vector<size_t> group{i};
+    size_t bytes = first.bytes.size();
+    for (size_t j = i + 1; !first.sign && j < items.size(); ++j) {
+      if (sent[j] || items[j].sign || items[j].subject != first.subject) continue;
+      if (group.size() >= kMaxBatchMessages || bytes + items[j].bytes.size() > kMaxBatchBytes)
+        break;
+      sent[j] = 1;
+      group.push_back(j);
+      bytes += items[j].bytes.size() + 1;
+    }
+    const std::string reply = ack_inbox + "." + first.id;
+    if (group.size() == 1) {
+      t->publish(first.subject, seal_request(first.subject, first.bytes, first.sign), reply);
+      continue;
+    }
+    std::string body;
+    body.reserve(bytes + 2);
+    body += '[';
+    for (size_t k = 0; k < group.size(); ++k) {
+      if (k > 0) body += ',';
+      body += items[group[k]].bytes;
+    }
+    body += ']';
+    t->publish(first.subject, seal_request(first.subject, body), reply);
+  }
 }
 
 void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
@@ -196,10 +360,8 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
     count_message(MessageEvent::retried, out->msg, out->msg.to_node);
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
-    if (auto t = bus()) {
-      t->publish(out->subject, seal_request(out->subject, out->bytes, out->sign),
-                 ack_inbox + "." + out->msg.id);
-    }
+    queue_publish(Publish{out->subject, out->msg.id, out->bytes, out->sign});
+    flush_publishes();
     return;
   }
   give_up(out->msg, "no ACK from " + out->msg.to_node + " after " +
@@ -274,26 +436,52 @@ void Node::Impl::on_ack(Incoming&& in) {
     spdlog::warn("ignored an ACK on {}: {}", in.subject, why);
     return;
   }
-  std::vector<std::string> ids;
+  // (id, why): why is empty for an ACK, the receiver's reason for a NAK.
+  std::vector<std::pair<std::string, std::string>> verdicts;
+  const std::string own_id = in.subject.substr(dot + 1);
+  auto take_id = [&](std::string_view id, std::string why) {
+    if (!id.empty() && id.size() <= kMaxIdBytes && is_valid_token(id)) {
+      verdicts.emplace_back(std::string(id), std::move(why));
+    }
+  };
   if (text == "ACK") {
-    ids.push_back(in.subject.substr(dot + 1));
+    verdicts.emplace_back(own_id, "");
   } else if (text.rfind("ACK ", 0) == 0) {
     std::string_view rest(text);
     rest.remove_prefix(4);
-    while (!rest.empty() && ids.size() < kMaxAckBatch) {
+    while (!rest.empty() && verdicts.size() < kMaxAckBatch) {
       size_t sp = rest.find(' ');
-      std::string_view id = rest.substr(0, sp);
-      if (!id.empty() && is_valid_token(std::string(id))) ids.emplace_back(id);
+      take_id(rest.substr(0, sp), "");
       if (sp == std::string_view::npos) break;
       rest.remove_prefix(sp + 1);
     }
   } else if (text.rfind("NAK ", 0) == 0) {
-    ids.push_back(in.subject.substr(dot + 1));
+    std::string why(text.substr(4));
+    verdicts.emplace_back(own_id, why.empty() ? "refused" : why);
+  } else if (text.rfind("ACKS\n", 0) == 0) {
+    // The answer to a batch some of whose messages were refused: a line
+    // "ACK <id>" or "NAK <id> <why>" for each.
+    std::string_view rest(text);
+    rest.remove_prefix(5);
+    while (!rest.empty() && verdicts.size() < kMaxAckBatch) {
+      size_t nl = rest.find('\n');
+      std::string_view line = rest.substr(0, nl);
+      rest = nl == std::string_view::npos ? std::string_view{} : rest.substr(nl + 1);
+      if (line.rfind("ACK ", 0) == 0) {
+        take_id(line.substr(4), "");
+      } else if (line.rfind("NAK ", 0) == 0) {
+        line.remove_prefix(4);
+        size_t sp = line.find(' ');
+        if (sp == std::string_view::npos) continue;
+        std::string why(line.substr(sp + 1));
+        take_id(line.substr(0, sp), why.empty() ? "refused" : why);
+      }
+    }
   } else {
     return;
   }
-  const bool nak = text.rfind("NAK ", 0) == 0;
-  for (const auto& id : ids) {
+  for (auto& [id, refusal] : verdicts) {
+    const bool nak = !refusal.empty();
     std::shared_ptr<Outgoing> out;
     {
       std::lock_guard<std::mutex> lock(outgoing_mu);
@@ -314,8 +502,7 @@ void Node::Impl::on_ack(Incoming&& in) {
     acked_ids.push_back(id);
     if (nak) {
       // The receiver will never take it: no point in resending.
-      give_up(out->msg, "refused by " + out->msg.to_node + ": " + std::string(text.substr(4)),
-              true);
+      give_up(out->msg, "refused by " + out->msg.to_node + ": " + refusal, true);
     }
   }
   // Forget the ACKed messages in one write once no more ACKs are queued.
@@ -338,6 +525,17 @@ void Node::Impl::drop_incoming(const std::string& subject, const std::string& re
   if (auto t = bus(); t && !reply.empty()) t->publish(reply, seal(reply, "NAK " + why, true));
 }
 
+void Node::Impl::drop_batched(const std::string& subject, Message m, std::string reply,
+                              const std::string& why, std::string_view reason) {
+  // Counted and logged now; NAKed with the ACKs of its batch, in the one
+  // answer a batch gets (NATS permissions may allow a node one answer to
+  // each message it received, allow_responses).
+  counters.dropped++;
+  if (!reason.empty()) count_refused(reason);
+  spdlog::warn("dropped a message on {}: {}", subject, why);
+  received_batch.push_back(Received{std::move(m), std::move(reply), {}, why});
+}
+
 void Node::Impl::on_incoming(Incoming&& in) {
   // Whatever becomes of this one, what is held back goes out once nothing
   // more is queued.
@@ -350,8 +548,11 @@ void Node::Impl::on_incoming(Incoming&& in) {
       self->record_received(std::exchange(self->received_batch, {}));
     }
   } flush{this, in.pending};
-  counters.received++;
-  if (in.data.size() > static_cast<size_t>(config.host.max_message_bytes)) {
+  // A batch (a JSON array of messages for this subject) may exceed
+  // host.maxMessageBytes as a whole; each of its messages may not.
+  const size_t limit = static_cast<size_t>(config.host.max_message_bytes);
+  if (in.data.size() > std::max(limit, kMaxBatchPayload)) {
+    counters.received++;
     return drop_incoming(
         in.subject, in.reply,
         "message of " + std::to_string(in.data.size()) + " bytes exceeds host.maxMessageBytes",
@@ -362,133 +563,252 @@ void Node::Impl::on_incoming(Incoming&& in) {
   std::string signer, why, plain;
   std::string_view body;
   if (!open_envelope(in, true, false, signer, body, &why, &plain)) {
+    counters.received++;
     return drop_incoming(in.subject, in.reply, why, {});
   }
   nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
-  if (doc.is_discarded()) return drop_incoming(in.subject, in.reply, "not valid JSON", "bad_json");
+  if (doc.is_discarded()) {
+    counters.received++;
+    return drop_incoming(in.subject, in.reply, "not valid JSON", "bad_json");
+  }
+  if (!doc.is_array()) {
+    if (body.size() > limit) {
+      counters.received++;
+      return drop_incoming(
+          in.subject, in.reply,
+          "message of " + std::to_string(body.size()) + " bytes exceeds host.maxMessageBytes",
+          "too_large");
+    }
+    return accept_incoming(in, doc, signer, std::move(in.reply), std::string(body), false);
+  }
+  // A batch: each message as if it had come alone, with the ACK subject
+  // <ACK inbox>.<its id> when the batch's is <ACK inbox>.<first id>.
+  if (doc.empty() || doc.size() > kMaxBatchMessages || body.size() > kMaxBatchPayload) {
+    counters.received++;
+    return drop_incoming(in.subject, in.reply,
+                         "a batch must hold 1 to " + std::to_string(kMaxBatchMessages) +
+                             " messages in at most " + std::to_string(kMaxBatchPayload) +
+                             " bytes; this one holds " + std::to_string(doc.size()) + " in " +
+                             std::to_string(body.size()),
+                         "bad_message");
+  }
+  // Not a batch of messages at all: refused whole, as one message would be.
+  for (size_t i = 0; i < doc.size(); ++i) {
+    if (doc[i].is_object()) continue;
+    counters.received++;
+    return drop_incoming(in.subject, in.reply,
+                         "batch message " + std::to_string(i) + ": expected a JSON object, got " +
+                             std::string(doc[i].type_name()),
+                         "bad_message");
+  }
+  auto id_of = [](const nlohmann::json& one) -> const std::string* {
+    if (!one.is_object()) return nullptr;
+    auto it = one.find("id");
+    return it != one.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
+  };
+  std::string prefix;
+  if (const std::string* first = id_of(doc[0]); first != nullptr) {
+    const std::string& id = *first;
+    if (in.reply.size() > id.size() &&
+        in.reply.compare(in.reply.size() - id.size(), id.size(), id) == 0 &&
+        in.reply[in.reply.size() - id.size() - 1] == '.') {
+      prefix = in.reply.substr(0, in.reply.size() - id.size());
+    }
+  }
+  for (const auto& one : doc) {
+    std::string reply = in.reply;
+    if (const std::string* id = id_of(one);
+        !prefix.empty() && id != nullptr && is_valid_token(*id)) {
+      reply = prefix + *id;
+    }
+    std::string text = one.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (text.size() > limit) {
+      counters.received++;
+      const std::string why =
+          "message of " + std::to_string(text.size()) + " bytes exceeds host.maxMessageBytes";
+      if (const std::string* id = id_of(one);
+          !prefix.empty() && id != nullptr && is_valid_token(*id) && id->size() <= kMaxIdBytes) {
+        Message m;
+        m.id = *id;
+        drop_batched(in.subject, std::move(m), std::move(reply), why, "too_large");
+      } else {
+        drop_incoming(in.subject, reply, why, "too_large");
+      }
+      continue;
+    }
+    accept_incoming(in, one, signer, std::move(reply), std::move(text), true);
+  }
+}
+
+void Node::Impl::accept_incoming(const Incoming& in, const nlohmann::json& doc,
+                                 const std::string& signer, std::string reply, std::string bytes,
+                                 bool in_batch) {
+  counters.received++;
   Message m;
+  // A message of a batch is NAKed with the batch's ACKs when it has an id
+  // to name it by; otherwise (and alone) at once.
+  auto refuse = [&](const std::string& why, std::string_view reason = "bad_message") {
+    if (in_batch && !m.id.empty() && m.id.size() <= kMaxIdBytes && is_valid_token(m.id)) {
+      return drop_batched(in.subject, std::move(m), std::move(reply), why, reason);
+    }
+    drop_incoming(in.subject, reply, why, reason);
+  };
   try {
     m = parse_message(doc, "message");
   } catch (const MessageError& e) {
-    return drop_incoming(in.subject, in.reply, e.what());
+    if (auto id = doc.find("id"); id != doc.end() && id->is_string()) m.id = id->get<std::string>();
+    return refuse(e.what());
   }
   if (m.to_node != config.node.name) {
-    return drop_incoming(in.subject, in.reply,
-                         "addressed to node \"" + m.to_node + "\", not " + config.node.name,
-                         "wrong_node");
+    return refuse("addressed to node \"" + m.to_node + "\", not " + config.node.name, "wrong_node");
   }
-  if (m.id.empty() || !is_valid_token(m.id)) {
-    return drop_incoming(in.subject, in.reply, "no valid \"id\"", "bad_id");
-  }
+  if (m.id.empty() || !is_valid_token(m.id)) return refuse("no valid \"id\"", "bad_id");
   if (m.id.size() > kMaxIdBytes) {
-    return drop_incoming(in.subject, in.reply,
-                         "\"id\" of " + std::to_string(m.id.size()) + " bytes is over the " +
-                             std::to_string(kMaxIdBytes) + "-byte limit",
-                         "bad_id");
+    return refuse("\"id\" of " + std::to_string(m.id.size()) + " bytes is over the " +
+                      std::to_string(kMaxIdBytes) + "-byte limit",
+                  "bad_id");
   }
-  if (m.from_node.empty()) return drop_incoming(in.subject, in.reply, "no \"fromNode\"");
+  if (m.from_node.empty()) return refuse("no \"fromNode\"");
   if (identity && m.from_node != signer) {
-    return drop_incoming(in.subject, in.reply,
-                         "\"fromNode\" " + m.from_node + " is not the signer " + signer,
-                         "impersonation");
+    return refuse("\"fromNode\" " + m.from_node + " is not the signer " + signer, "impersonation");
   }
-  std::string expected_subject =
-      config.broker.subject_prefix + ".req." + m.to_node + "." + m.method;
-  if (in.subject != expected_subject) {
-    return drop_incoming(in.subject, in.reply,
-                         "method \"" + m.method + "\" does not match the subject",
-                         "subject_mismatch");
+  const std::string& prefix = config.broker.subject_prefix;
+  if (in.subject.size() != prefix.size() + 5 + m.to_node.size() + 1 + m.method.size() ||
+      in.subject.compare(0, prefix.size(), prefix) != 0 ||
+      in.subject.compare(prefix.size(), 5, ".req.") != 0 ||
+      in.subject.compare(prefix.size() + 5, m.to_node.size(), m.to_node) != 0 ||
+      in.subject[prefix.size() + 5 + m.to_node.size()] != '.' ||
+      in.subject.compare(prefix.size() + 6 + m.to_node.size(), std::string::npos, m.method) != 0) {
+    return refuse("method \"" + m.method + "\" does not match the subject", "subject_mismatch");
   }
+  std::string why;
   if (!authorized(m, &why) && !authorized_by_cause(m, &why)) {
-    return drop_incoming(in.subject, in.reply, "not allowed: " + why, "not_allowed");
+    return refuse("not allowed: " + why, "not_allowed");
   }
   // A carried cause was checked (and kept) above, or is not this host's to
   // act on; the request itself is the cause of its call's messages when it
-  // came signed.
+  // came signed, alone (a batch's envelope is no one request's).
   m.extra.erase("cause");
-  if (m.cause.is_null()) m.cause = cause_of(in, m);
+  if (m.cause.is_null() && !in_batch) m.cause = cause_of(in, m);
   count_message(MessageEvent::received, m, m.from_node);
   // The inbox keeps the message itself; the envelope has done its work.
-  received_batch.push_back(Received{std::move(m), std::move(in.reply), std::string(body)});
+  received_batch.push_back(Received{std::move(m), std::move(reply), std::move(bytes), {}});
 }
 
 void Node::Impl::record_received(std::vector<Received> batch) {
-  // One transaction for all, then one ACK per sender for all of its
-  // messages (the ACK goes to the first one's reply subject).
-  auto fresh = std::make_shared<std::vector<char>>(batch.size(), 0);
-  auto items = std::make_shared<std::vector<Received>>(std::move(batch));
-  store->write_async(
-      [items, fresh](WriteTxn& t) {
-        for (size_t i = 0; i < items->size(); ++i) {
-          const Message& m = (*items)[i].msg;
-          // A reply with no reply method to run is finished once it is here:
-          // what remains (telling an in-memory waiter) cannot outlive a restart.
-          bool finished = m.is_reply && m.method == "none";
-          (*fresh)[i] = Store::inbox_record_in(t, m.id, (*items)[i].bytes,
-                                               finished ? kStateDone : kStateReceived)
-                            ? 1
-                            : 0;
+  // One transaction for all, on this thread (the subscription's: it takes
+  // the next messages off the bus once these are in), then one answer per
+  // sender for all of its messages (on the first one's reply subject).
+  // A quick built-in is recorded "running" at once and runs right here
+  // after the ACKs: the inbox never holds it waiting for a worker.
+  std::vector<char> fresh(batch.size(), 0);
+  std::vector<char> quick(batch.size(), 0);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Message& m = batch[i].msg;
+    quick[i] = batch[i].refusal.empty() && !m.is_reply && is_quick(m.method) ? 1 : 0;
+  }
+  try {
+    store->write([&](WriteTxn& t) {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!batch[i].refusal.empty()) continue;
+        const Message& m = batch[i].msg;
+        // A reply with no reply method to run is finished once it is here:
+        // what remains (telling an in-memory waiter) cannot outlive a restart.
+        bool finished = m.is_reply && m.method == "none";
+        std::string_view state =
+            finished ? kStateDone : (quick[i] ? kStateRunning : kStateReceived);
+        fresh[i] = Store::inbox_record_in(t, m.id, batch[i].bytes, state) ? 1 : 0;
+      }
+    });
+  } catch (const std::exception& e) {
+    // Not durable, so no ACK: the senders will resend.
+    spdlog::error("inbox: cannot record {} message(s): {}", batch.size(), e.what());
+    return;
+  }
+  if (stopping) return;  // not ACKed: they are in the inbox and run after the restart
+  send_acks(batch);
+  // What the quick calls send is committed and published in one go.
+  SendBatch sends(this);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!batch[i].refusal.empty()) continue;
+    if (!fresh[i]) {
+      counters.duplicates++;
+      spdlog::debug("message {} seen before: ACKed again, not run again", batch[i].msg.id);
+      continue;
+    }
+    Message& m = batch[i].msg;
+    if (quick[i]) {
+      deliver_local(std::move(m), true, true);
+    } else if (m.is_reply && m.method == "none") {
+      // Nothing to run, only a waiter to tell: not worth a hand-off, and
+      // already recorded done.
+      deliver_local(std::move(m), false);
+    } else {
+      asio::post(*pool, [this, m = std::move(m)]() mutable { deliver_local(std::move(m), true); });
+    }
+  }
+}
+
+void Node::Impl::send_acks(const std::vector<Received>& batch) {
+  auto t = bus();
+  if (!t) return;
+  // A bosun sender asks for the ACK on <its ACK inbox>.<id>: those of one
+  // sender go together, at most kMaxAckBatch to an answer, on the subject
+  // of the first of them: "ACK <id> <id> ...", or, when one of them was
+  // refused, "ACKS" and a line "ACK <id>" or "NAK <id> <why>" for each.
+  // Any other reply subject gets an answer of its own.
+  struct Answer {
+    std::string subject;
+    std::vector<const Received*> items;
+  };
+  std::map<std::string, std::vector<Answer>> by_sender;
+  for (const auto& item : batch) {
+    const std::string& reply = item.reply;
+    if (reply.empty()) continue;
+    const std::string& id = item.msg.id;
+    size_t dot = reply.rfind('.');
+    bool bosun_form =
+        dot != std::string::npos && reply.compare(dot + 1, std::string::npos, id) == 0;
+    if (!bosun_form) {
+      if (item.refusal.empty()) {
+        t->publish(reply, seal(reply, "ACK"));
+      } else {
+        t->publish(reply, seal(reply, "NAK " + item.refusal, true));
+      }
+      continue;
+    }
+    auto& answers = by_sender[reply.substr(0, dot)];
+    if (answers.empty() || answers.back().items.size() >= kMaxAckBatch) {
+      answers.push_back(Answer{reply, {}});
+    }
+    answers.back().items.push_back(&item);
+  }
+  for (const auto& [sender, answers] : by_sender) {
+    for (const auto& a : answers) {
+      bool refused = false;
+      for (const Received* r : a.items) refused = refused || !r->refusal.empty();
+      if (a.items.size() == 1 && a.subject == a.items[0]->reply) {
+        const Received& r = *a.items[0];
+        t->publish(a.subject,
+                   refused ? seal(a.subject, "NAK " + r.refusal, true) : seal(a.subject, "ACK"));
+        continue;
+      }
+      std::string body = refused ? "ACKS" : "ACK";
+      for (const Received* r : a.items) {
+        if (!refused) {
+          body += " " + r->msg.id;
+        } else if (r->refusal.empty()) {
+          body += "\nACK " + r->msg.id;
+        } else {
+          // One line each: a reason never breaks it.
+          std::string why = r->refusal;
+          std::replace(why.begin(), why.end(), '\n', ' ');
+          body += "\nNAK " + r->msg.id + " " + why;
         }
-      },
-      [this, items, fresh](std::exception_ptr err) {
-        if (err) {
-          // Not durable, so no ACK: the senders will resend.
-          try {
-            std::rethrow_exception(err);
-          } catch (const std::exception& e) {
-            spdlog::error("inbox: cannot record {} message(s): {}", items->size(), e.what());
-          }
-          return;
-        }
-        if (stopping) return;  // not ACKed: they are in the inbox and run after the restart
-        auto t = bus();
-        // A bosun sender asks for the ACK on <its ACK inbox>.<id>: those of
-        // one sender share one "ACK <id> <id> ..." (on the first one's
-        // subject). Any other reply subject gets the plain "ACK" of its own.
-        std::map<std::string, std::pair<std::string, std::vector<std::string>>> acks;
-        for (auto& item : *items) {
-          const std::string& reply = item.reply;
-          if (reply.empty()) continue;
-          const std::string& id = item.msg.id;
-          size_t dot = reply.rfind('.');
-          bool bosun_form =
-              dot != std::string::npos && reply.compare(dot + 1, std::string::npos, id) == 0;
-          if (!bosun_form) {
-            if (t) t->publish(reply, seal(reply, "ACK"));
-            continue;
-          }
-          auto& a = acks[reply.substr(0, dot)];
-          if (a.first.empty()) a.first = reply;
-          a.second.push_back(id);
-        }
-        if (t) {
-          for (const auto& [prefix, a] : acks) {
-            if (a.second.size() == 1) {
-              t->publish(a.first, seal(a.first, "ACK"));
-              continue;
-            }
-            std::string body = "ACK";
-            for (const auto& id : a.second) body += " " + id;
-            t->publish(a.first, seal(a.first, body));
-          }
-        }
-        for (size_t i = 0; i < items->size(); ++i) {
-          if (!(*fresh)[i]) {
-            counters.duplicates++;
-            spdlog::debug("message {} seen before: ACKed again, not run again", (*items)[i].msg.id);
-            continue;
-          }
-          Message& m = (*items)[i].msg;
-          if (m.is_reply && m.method == "none") {
-            // Nothing to run, only a waiter to tell: not worth a hand-off,
-            // and already recorded done.
-            deliver_local(std::move(m), false);
-            continue;
-          }
-          asio::post(*pool,
-                     [this, m = std::move(m)]() mutable { deliver_local(std::move(m), true); });
-        }
-      });
+      }
+      t->publish(a.subject, seal(a.subject, body, refused));
+    }
+  }
 }
 
 void Node::Impl::mark_running(const std::string& id) {

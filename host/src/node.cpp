@@ -288,6 +288,9 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
     result.errors.push_back({i, error});
     if (audit) audit->append("rejected", {{"error", error}, {"input", list[i]}});
   };
+  // What goes to other nodes is put in the outbox in one write and
+  // published together (one NATS message per node and method).
+  SendScope sends(this);
   for (size_t i = 0; i < list.size(); ++i) {
     std::string where = "message " + std::to_string(i);
     Message m;
@@ -353,6 +356,22 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
       result.accepted.push_back({i, id, target, m.method});
     }
   }
+  auto [failed, why] = sends.commit();
+  if (!failed.empty()) {
+    std::vector<SubmitResult::Accepted> kept;
+    for (auto& a : result.accepted) {
+      if (std::find(failed.begin(), failed.end(), a.id) == failed.end()) {
+        kept.push_back(std::move(a));
+        continue;
+      }
+      result.errors.push_back({a.index, "message " + std::to_string(a.index) +
+                                            ": not accepted for node \"" + a.to_node +
+                                            "\": " + why});
+      std::lock_guard<std::mutex> lock(waiters_mu);
+      waiters.erase(a.id);
+    }
+    result.accepted = std::move(kept);
+  }
   return result;
 }
 
@@ -409,7 +428,7 @@ bool Node::Impl::route(Message m, const std::string& done_id) {
   }
 }
 
-void Node::Impl::deliver_local(Message m, bool tracked) {
+void Node::Impl::deliver_local(Message m, bool tracked, bool running) {
   if (stopping) {
     // Still "received" in the inbox when tracked: it runs after the restart.
     spdlog::warn("message {} ({}) not run: node is stopping", m.id, m.method);
@@ -419,11 +438,11 @@ void Node::Impl::deliver_local(Message m, bool tracked) {
     handle_reply(std::move(m), tracked);
   } else {
     if (audit) audit->append_text("received", to_text(m));
-    dispatch_request(std::move(m), tracked);
+    dispatch_request(std::move(m), tracked, running);
   }
 }
 
-void Node::Impl::dispatch_request(Message m, bool tracked) {
+void Node::Impl::dispatch_request(Message m, bool tracked, bool running) {
   MethodEntry entry;
   if (std::string error; !find_method(m.method, &entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
@@ -434,7 +453,7 @@ void Node::Impl::dispatch_request(Message m, bool tracked) {
   // A message from the bus is already on a worker thread: run it right here
   // rather than queueing it again (serial methods keep their strand).
   bool here = tracked && !entry.serial;
-  start_call(std::move(m), entry, here, tracked);
+  start_call(std::move(m), entry, here, tracked, running);
 }
 
 void Node::Impl::handle_reply(Message m, bool tracked) {

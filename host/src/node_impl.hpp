@@ -129,6 +129,11 @@ struct MethodEntry {
   bosun_on_call on_call = nullptr;
   std::function<bosun_status(bosun_call*)> builtin;
   std::shared_ptr<Strand> serial;  // set for BOSUN_METHOD_SERIAL
+  // A built-in that answers at once and never blocks (ping, plugin_list,
+  // ...): a request for it from the bus runs on the thread that took it
+  // off the bus, right after the inbox has it, instead of queueing for a
+  // worker.
+  bool quick = false;
 };
 using MethodTable = std::unordered_map<std::string, MethodEntry>;
 
@@ -156,7 +161,8 @@ struct bosun_call {
   bosun::host::DeadlineQueue::Key flush_deadline = 0;    // guarded by mu
   std::string cancel_reason;  // why the host cancelled it (a module unloaded), for the reply
   int64_t started_ms = 0;
-  bool tracked = false;  // came through the inbox: its state is kept there
+  bool tracked = false;         // came through the inbox: its state is kept there
+  bool marked_running = false;  // the inbox recorded it "running" on arrival
 };
 
 namespace bosun::host {
@@ -254,8 +260,10 @@ struct Node::Impl {
   // `m` in the outbox; returns whether that happened (only when `m` leaves
   // for another node).
   bool route(Message m, const std::string& done_id = {});
-  void deliver_local(Message m, bool tracked = false);
-  void dispatch_request(Message m, bool tracked);
+  // `running`: the inbox already holds it as "running" (a quick request
+  // recorded so on arrival).
+  void deliver_local(Message m, bool tracked = false, bool running = false);
+  void dispatch_request(Message m, bool tracked, bool running = false);
   void handle_reply(Message m, bool tracked);
   void process_replies(const std::vector<std::pair<Message, bool>>& ready);
   void run_reply_method(const Message& m);
@@ -265,7 +273,8 @@ struct Node::Impl {
   void shutdown();
 
   // calls.cpp
-  void start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked = false);
+  void start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked = false,
+                  bool marked_running = false);
   bool enter_module(MethodEntry& entry, std::string* error);
   void run_call(const std::shared_ptr<bosun_call>& call);
   void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
@@ -282,6 +291,44 @@ struct Node::Impl {
   int retries_of(const Message& m) const;
   bool send_remote(Message m, const std::string& done_id = {});
   void publish_attempt(Message m, std::string bytes);
+
+  // Publishing (delivery.cpp). A request or reply whose attempt is due goes
+  // to `publish_queue`; whichever thread finds nobody publishing sends
+  // everything queued, those for one subject together as one NATS message
+  // carrying a JSON array (a "batch", at most kMaxBatchMessages and
+  // kMaxBatchBytes), under one envelope. Threads that queue while another
+  // publishes return at once: that one sends theirs too. Nothing waits for
+  // company: a message alone goes alone, as it always did.
+  struct Publish {
+    std::string subject;
+    std::string id;     // the ACK comes on <ack_inbox>.<id> (a batch's: its first id)
+    std::string bytes;  // the message's JSON text
+    bool sign = false;  // Ed25519-signed and alone (BOSUN_METHOD_CARRIES)
+  };
+  std::mutex publish_mu;
+  std::vector<Publish> publish_queue;
+  bool publishing = false;  // guarded by publish_mu
+  void queue_publish(Publish p);
+  void flush_publishes();
+  void send_publishes(std::vector<Publish>& items);
+  // The messages this thread sends to other nodes while a SendBatch of this
+  // node is open (record_received running quick calls): committed to the
+  // outbox in one write and published together when it closes.
+  struct SendBatch;
+  friend struct SendBatch;
+  // A SendBatch for callers outside delivery.cpp (submit): opens one on
+  // this thread; commit() returns the ids it could not accept and why.
+  class SendScope {
+   public:
+    explicit SendScope(Impl* node);
+    ~SendScope();
+    std::pair<std::vector<std::string>, std::string> commit();
+    SendScope(const SendScope&) = delete;
+    SendScope& operator=(const SendScope&) = delete;
+
+   private:
+    std::unique_ptr<SendBatch> batch_;
+  };
   void on_ack_timeout(const std::shared_ptr<Outgoing>& out);
   // `refused`: the receiver NAKed it (it will never run it), not just no ACK.
   void give_up(const Message& m, const std::string& why, bool refused = false);
@@ -292,7 +339,12 @@ struct Node::Impl {
     Message msg;
     std::string reply;
     std::string bytes;
+    std::string refusal;  // set: refused (only its id is known), to be NAKed with the ACKs
   };
+  // One message of what came off the bus (alone, or one of a batch, each
+  // with its own ACK subject): checked, and queued for the inbox or NAKed.
+  void accept_incoming(const Incoming& in, const nlohmann::json& doc, const std::string& signer,
+                       std::string reply, std::string bytes, bool in_batch);
   // The signed request `in` as a cause its call's messages can carry, when
   // its method carries here (BOSUN_METHOD_CARRIES) and it came signed.
   nlohmann::json cause_of(const Incoming& in, const Message& m) const;
@@ -301,8 +353,13 @@ struct Node::Impl {
   std::vector<Received> received_batch;
   std::vector<std::string> acked_ids;
   void record_received(std::vector<Received> batch);
+  void send_acks(const std::vector<Received>& batch);
   void drop_incoming(const std::string& subject, const std::string& reply, const std::string& why,
                      std::string_view reason = "bad_message");
+  // The same for a message of a batch (`m` holds at least its id): its NAK
+  // goes with the batch's ACKs.
+  void drop_batched(const std::string& subject, Message m, std::string reply,
+                    const std::string& why, std::string_view reason);
   void mark_running(const std::string& id);
   void mark_done(const std::string& id);
 
@@ -386,6 +443,8 @@ struct Node::Impl {
   bool authorized_by_cause(Message& m, std::string* why);
   // The BOSUN_METHOD_* flags of a method here; 0 when there is none.
   uint32_t method_flags(const std::string& method) const;
+  // Whether `method` is a quick built-in (MethodEntry::quick).
+  bool is_quick(const std::string& method) const;
   // Central: hand the accepted keys to every accepted node (soon, once).
   void distribute_keys();
   std::unique_ptr<asio::steady_timer> key_set_timer;

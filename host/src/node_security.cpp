@@ -185,6 +185,12 @@ uint32_t Node::Impl::method_flags(const std::string& method) const {
   return it == table->end() ? 0 : it->second.flags;
 }
 
+bool Node::Impl::is_quick(const std::string& method) const {
+  std::lock_guard<std::mutex> lock(plugins_mu);
+  auto it = table->find(method);
+  return it != table->end() && it->second.quick;
+}
+
 nlohmann::json Node::Impl::cause_of(const Incoming& in, const Message& m) const {
   // Only a signature can vouch to a third node; a pair-key tag convinces
   // only its two ends.
