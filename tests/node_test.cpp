@@ -517,6 +517,67 @@ TEST(MessageText, IsTheSameJsonAsTheLibrarysForEveryKindOfData) {
   EXPECT_EQ(parse_message(json::parse(to_text(m)), "text").data, "caf\xef\xbf\xbd");
 }
 
+// to_text writes a message without the JSON library when it has no fields
+// of its own: byte for byte what the library writes (keys in its order,
+// its number formats, its escaping), "data" last.
+TEST(MessageText, WrittenDirectlyIsByteForByteTheLibrarysText) {
+  auto reference = [](const Message& m) {
+    json j = to_json(m);
+    json data = j.contains("data") ? j["data"] : json();
+    j.erase("data");
+    std::string text = j.dump(-1, ' ', false, json::error_handler_t::replace);
+    if (data.is_null()) return text;
+    text.pop_back();
+    if (text.size() > 1) text += ',';
+    return text + "\"data\":" + data.dump(-1, ' ', false, json::error_handler_t::replace) + "}";
+  };
+  std::vector<Message> cases(1);  // an empty message first
+  Message r;
+  r.id = new_message_id();
+  r.to_node = "central";
+  r.from_node = "ship1";
+  r.method = "to_file_append";
+  r.method_args = {"x"};
+  r.reply_method_args = {"caf\xc3\xa9", "tab\there", ""};
+  r.is_reply = true;
+  r.in_reply_to = new_message_id();
+  r.request_method = "cli_command";
+  r.final_reply = false;
+  r.seq = 4294967295u;
+  r.status = "error";
+  r.error = "it \"failed\"\n";
+  r.directory = "/results";
+  r.file_name = "out.txt";
+  r.sent_at_ms = 1796654122274;
+  r.data = "line\n";
+  cases.push_back(r);
+  Message q;
+  q.to_node = "ship2";
+  q.to_nodes = {"ship2", "ship3"};
+  q.method = "ping";
+  q.reply_method = "to_console";
+  q.ack_timeout = 5;
+  q.retries = 0;
+  q.reply_ack_timeout = 0.25;
+  q.reply_retries = 1000;
+  q.method_timeout = -1;
+  q.reply_method_timeout = 1e-3;
+  q.relay_via_node = "central";
+  q.relay_reply_method = "none";
+  q.status = "ignored on a request";
+  q.data = "caf\xc3";  // cut UTF-8: replaced
+  cases.push_back(q);
+  q.method_timeout = 123456.789;
+  q.is_reply = true;  // a reply's defaults: final, seq 0, no status
+  q.data.clear();
+  cases.push_back(q);
+  for (const auto& m : cases) EXPECT_EQ(to_text(m), reference(m));
+  // With fields of its own it is the library's text too.
+  q.extra["cause"] = {{"subject", "s"}, {"envelope", "QUJD"}};
+  q.extra["zzz"] = 1;
+  EXPECT_EQ(to_text(q), reference(q));
+}
+
 TEST_F(NodeTest, HelloFromTheInstalledSdkBuildGreets) {
   start();
   Message r = call(msg("greet", {{"methodArgs", {"world"}}}));
