@@ -578,6 +578,142 @@ TEST(MessageText, WrittenDirectlyIsByteForByteTheLibrarysText) {
   EXPECT_EQ(to_text(q), reference(q));
 }
 
+// Every field of a message, for comparing two.
+json every_field(const Message& m) {
+  auto opt = [](const auto& o) { return o ? json(*o) : json(); };
+  return {{"to_node", m.to_node},
+          {"to_nodes", m.to_nodes},
+          {"method", m.method},
+          {"method_args", m.method_args},
+          {"reply_method", m.reply_method},
+          {"reply_method_args", m.reply_method_args},
+          {"ack_timeout", opt(m.ack_timeout)},
+          {"retries", opt(m.retries)},
+          {"reply_ack_timeout", opt(m.reply_ack_timeout)},
+          {"reply_retries", opt(m.reply_retries)},
+          {"method_timeout", opt(m.method_timeout)},
+          {"reply_method_timeout", opt(m.reply_method_timeout)},
+          {"directory", m.directory},
+          {"file_name", m.file_name},
+          {"relay_via_node", m.relay_via_node},
+          {"relay_reply_method", m.relay_reply_method},
+          {"data", json::binary({m.data.begin(), m.data.end()})},
+          {"id", m.id},
+          {"from_node", m.from_node},
+          {"sent_at_ms", m.sent_at_ms},
+          {"is_reply", m.is_reply},
+          {"in_reply_to", m.in_reply_to},
+          {"request_method", m.request_method},
+          {"final_reply", m.final_reply},
+          {"seq", m.seq},
+          {"status", m.status},
+          {"error", m.error},
+          {"extra", m.extra}};
+}
+
+// What the general way (json::parse + parse_message) makes of a text: the
+// messages, or nullopt when it refuses it.
+std::optional<std::vector<Message>> read_generally(std::string_view text) {
+  json doc = json::parse(text, nullptr, false);
+  if (doc.is_discarded()) return std::nullopt;
+  std::vector<Message> out;
+  try {
+    if (!doc.is_array()) {
+      out.push_back(parse_message(doc, "m"));
+    } else {
+      for (const auto& one : doc) out.push_back(parse_message(one, "m"));
+    }
+  } catch (const MessageError&) {
+    return std::nullopt;
+  }
+  return out;
+}
+
+// read_messages (the bus's fast path) reads bosun's own messages itself,
+// and whatever it reads, alone or in a batch, the general way reads the
+// same; whatever it leaves, the general way gets. Checked on every message
+// of the to_text test and on thousands of corruptions of them.
+TEST(MessageText, ReadDirectlyIsWhatTheGeneralWayMakesOfIt) {
+  std::vector<Message> ms(3);
+  ms[0].id = new_message_id();
+  ms[0].to_node = "ship1";
+  ms[0].from_node = "central";
+  ms[0].method = "ping";
+  ms[0].sent_at_ms = 1796654122274;
+  ms[1] = ms[0];
+  ms[1].method = "cli_command";
+  ms[1].method_args = {"bash", "-c", "echo \"a\tb\" \\ /x"};
+  ms[1].reply_method = "to_file_append";
+  ms[1].reply_method_args = {"y"};
+  ms[1].ack_timeout = 0.5;
+  ms[1].retries = 3;
+  ms[1].reply_ack_timeout = 5;
+  ms[1].reply_retries = 0;
+  ms[1].method_timeout = -1;
+  ms[1].reply_method_timeout = 604800;
+  ms[1].directory = "/d";
+  ms[1].file_name = "f";
+  ms[1].relay_via_node = "central";
+  ms[1].relay_reply_method = "to_console";
+  ms[1].to_nodes = {"ship1", "ship2"};
+  ms[1].data = "line 1\nline 2\u0001";
+  ms[2] = ms[0];
+  ms[2].is_reply = true;
+  ms[2].in_reply_to = new_message_id();
+  ms[2].request_method = "ping";
+  ms[2].final_reply = false;
+  ms[2].seq = 7;
+  ms[2].status = "error";
+  ms[2].error = "it failed";
+  ms[2].data = "pong";
+
+  std::vector<std::string> texts;
+  for (const auto& m : ms) texts.push_back(to_text(m));
+  texts.push_back("[" + texts[0] + "," + texts[1] + ",\n " + texts[2] + "]");
+  texts.push_back(" {\"toNode\":\"a\",\"method\":\"REQPing\",\"\\u0069d\":\"x\\u00e9\\/\"} ");
+  for (const auto& t : texts) {
+    bool batch = false;
+    auto fast = read_messages(t, &batch);
+    ASSERT_TRUE(fast.has_value()) << "bosun's own message went the general way: " << t;
+    auto general = read_generally(t);
+    ASSERT_TRUE(general.has_value()) << t;
+    ASSERT_EQ(fast->size(), general->size());
+    EXPECT_EQ(batch, t.find('[') < t.find('{'));
+    for (size_t i = 0; i < fast->size(); ++i) {
+      EXPECT_EQ(every_field((*fast)[i].msg), every_field((*general)[i])) << t;
+      // Each message's own text, for the inbox, is the JSON of that message.
+      EXPECT_EQ(every_field(parse_message(json::parse((*fast)[i].text), "m")),
+                every_field((*general)[i]));
+    }
+  }
+
+  // Corruptions: every byte of each text replaced by each of these, or
+  // removed. Whatever the fast path reads must be what the general way reads.
+  const std::string replacements[] = {"",  "\"", "\\", "0", "-",    "1e400",
+                                      "[", "{",  ",",  "x", "\x80", "null"};
+  size_t read_fast = 0, checked = 0;
+  for (const auto& t : texts) {
+    for (size_t pos = 0; pos < t.size(); ++pos) {
+      for (const auto& r : replacements) {
+        std::string bad = t.substr(0, pos) + r + t.substr(pos + 1);
+        bool batch = false;
+        auto fast = read_messages(bad, &batch);
+        ++checked;
+        if (!fast) continue;
+        ++read_fast;
+        auto general = read_generally(bad);
+        ASSERT_TRUE(general.has_value()) << "read directly, refused generally: " << bad;
+        ASSERT_EQ(fast->size(), general->size()) << bad;
+        for (size_t i = 0; i < fast->size(); ++i) {
+          ASSERT_EQ(every_field((*fast)[i].msg), every_field((*general)[i])) << bad;
+        }
+      }
+    }
+  }
+  // Enough of them were still messages for this to have checked something.
+  EXPECT_GT(read_fast, checked / 20) << read_fast << " of " << checked;
+}
+
 TEST_F(NodeTest, HelloFromTheInstalledSdkBuildGreets) {
   start();
   Message r = call(msg("greet", {{"methodArgs", {"world"}}}));

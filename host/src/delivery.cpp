@@ -566,12 +566,41 @@ void Node::Impl::on_incoming(Incoming&& in) {
     counters.received++;
     return drop_incoming(in.subject, in.reply, why, {});
   }
-  nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
-  if (doc.is_discarded()) {
-    counters.received++;
-    return drop_incoming(in.subject, in.reply, "not valid JSON", "bad_json");
+  // Bosun's own messages are read straight into Message; anything else
+  // (and whatever is wrong) the general way, which names the problem.
+  bool is_batch = false;
+  std::vector<Candidate> items;
+  if (auto read = read_messages(body, &is_batch)) {
+    items.reserve(read->size());
+    for (auto& r : *read) items.push_back(Candidate{std::move(r.msg), {}, std::string(r.text)});
+  } else {
+    nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
+    if (doc.is_discarded()) {
+      counters.received++;
+      return drop_incoming(in.subject, in.reply, "not valid JSON", "bad_json");
+    }
+    is_batch = doc.is_array();
+    if (!is_batch) {
+      items.push_back(parse_candidate(doc, std::string(body)));
+    } else if (!doc.empty() && doc.size() <= kMaxBatchMessages) {
+      // Not a batch of messages at all: refused whole, as one message would be.
+      for (size_t i = 0; i < doc.size(); ++i) {
+        if (doc[i].is_object()) continue;
+        counters.received++;
+        return drop_incoming(in.subject, in.reply,
+                             "batch message " + std::to_string(i) +
+                                 ": expected a JSON object, got " + std::string(doc[i].type_name()),
+                             "bad_message");
+      }
+      for (const auto& one : doc) {
+        items.push_back(parse_candidate(
+            one, one.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)));
+      }
+    } else {
+      items.resize(doc.size());  // only counted: refused whole below
+    }
   }
-  if (!doc.is_array()) {
+  if (!is_batch) {
     if (body.size() > limit) {
       counters.received++;
       return drop_incoming(
@@ -579,72 +608,65 @@ void Node::Impl::on_incoming(Incoming&& in) {
           "message of " + std::to_string(body.size()) + " bytes exceeds host.maxMessageBytes",
           "too_large");
     }
-    return accept_incoming(in, doc, signer, std::move(in.reply), std::string(body), false);
+    return accept_incoming(in, std::move(items[0]), signer, std::move(in.reply), false);
   }
   // A batch: each message as if it had come alone, with the ACK subject
   // <ACK inbox>.<its id> when the batch's is <ACK inbox>.<first id>.
-  if (doc.empty() || doc.size() > kMaxBatchMessages || body.size() > kMaxBatchPayload) {
+  if (items.empty() || items.size() > kMaxBatchMessages || body.size() > kMaxBatchPayload) {
     counters.received++;
     return drop_incoming(in.subject, in.reply,
                          "a batch must hold 1 to " + std::to_string(kMaxBatchMessages) +
                              " messages in at most " + std::to_string(kMaxBatchPayload) +
-                             " bytes; this one holds " + std::to_string(doc.size()) + " in " +
+                             " bytes; this one holds " + std::to_string(items.size()) + " in " +
                              std::to_string(body.size()),
                          "bad_message");
   }
-  // Not a batch of messages at all: refused whole, as one message would be.
-  for (size_t i = 0; i < doc.size(); ++i) {
-    if (doc[i].is_object()) continue;
-    counters.received++;
-    return drop_incoming(in.subject, in.reply,
-                         "batch message " + std::to_string(i) + ": expected a JSON object, got " +
-                             std::string(doc[i].type_name()),
-                         "bad_message");
-  }
-  auto id_of = [](const nlohmann::json& one) -> const std::string* {
-    if (!one.is_object()) return nullptr;
-    auto it = one.find("id");
-    return it != one.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
-  };
   std::string prefix;
-  if (const std::string* first = id_of(doc[0]); first != nullptr) {
-    const std::string& id = *first;
-    if (in.reply.size() > id.size() &&
-        in.reply.compare(in.reply.size() - id.size(), id.size(), id) == 0 &&
-        in.reply[in.reply.size() - id.size() - 1] == '.') {
-      prefix = in.reply.substr(0, in.reply.size() - id.size());
-    }
+  if (const std::string& id = items[0].msg.id;
+      !id.empty() && in.reply.size() > id.size() &&
+      in.reply.compare(in.reply.size() - id.size(), id.size(), id) == 0 &&
+      in.reply[in.reply.size() - id.size() - 1] == '.') {
+    prefix = in.reply.substr(0, in.reply.size() - id.size());
   }
-  for (const auto& one : doc) {
-    std::string reply = in.reply;
-    if (const std::string* id = id_of(one);
-        !prefix.empty() && id != nullptr && is_valid_token(*id)) {
-      reply = prefix + *id;
-    }
-    std::string text = one.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    if (text.size() > limit) {
+  for (auto& item : items) {
+    const std::string& id = item.msg.id;
+    const bool nameable =
+        !prefix.empty() && !id.empty() && id.size() <= kMaxIdBytes && is_valid_token(id);
+    std::string reply = nameable ? prefix + id : in.reply;
+    if (item.bytes.size() > limit) {
       counters.received++;
       const std::string why =
-          "message of " + std::to_string(text.size()) + " bytes exceeds host.maxMessageBytes";
-      if (const std::string* id = id_of(one);
-          !prefix.empty() && id != nullptr && is_valid_token(*id) && id->size() <= kMaxIdBytes) {
-        Message m;
-        m.id = *id;
-        drop_batched(in.subject, std::move(m), std::move(reply), why, "too_large");
+          "message of " + std::to_string(item.bytes.size()) + " bytes exceeds host.maxMessageBytes";
+      if (nameable) {
+        drop_batched(in.subject, std::move(item.msg), std::move(reply), why, "too_large");
       } else {
         drop_incoming(in.subject, reply, why, "too_large");
       }
       continue;
     }
-    accept_incoming(in, one, signer, std::move(reply), std::move(text), true);
+    accept_incoming(in, std::move(item), signer, std::move(reply), true);
   }
 }
 
-void Node::Impl::accept_incoming(const Incoming& in, const nlohmann::json& doc,
-                                 const std::string& signer, std::string reply, std::string bytes,
-                                 bool in_batch) {
+Node::Impl::Candidate Node::Impl::parse_candidate(const nlohmann::json& doc, std::string bytes) {
+  Candidate c;
+  c.bytes = std::move(bytes);
+  try {
+    c.msg = parse_message(doc, "message");
+  } catch (const MessageError& e) {
+    c.error = e.what();
+    // Its id, if it has one, to NAK it by (in a batch).
+    if (auto id = doc.find("id"); id != doc.end() && id->is_string()) {
+      c.msg.id = id->get<std::string>();
+    }
+  }
+  return c;
+}
+
+void Node::Impl::accept_incoming(const Incoming& in, Candidate item, const std::string& signer,
+                                 std::string reply, bool in_batch) {
   counters.received++;
-  Message m;
+  Message m = std::move(item.msg);
   // A message of a batch is NAKed with the batch's ACKs when it has an id
   // to name it by; otherwise (and alone) at once.
   auto refuse = [&](const std::string& why, std::string_view reason = "bad_message") {
@@ -653,12 +675,7 @@ void Node::Impl::accept_incoming(const Incoming& in, const nlohmann::json& doc,
     }
     drop_incoming(in.subject, reply, why, reason);
   };
-  try {
-    m = parse_message(doc, "message");
-  } catch (const MessageError& e) {
-    if (auto id = doc.find("id"); id != doc.end() && id->is_string()) m.id = id->get<std::string>();
-    return refuse(e.what());
-  }
+  if (!item.error.empty()) return refuse(item.error);
   if (m.to_node != config.node.name) {
     return refuse("addressed to node \"" + m.to_node + "\", not " + config.node.name, "wrong_node");
   }
@@ -692,7 +709,7 @@ void Node::Impl::accept_incoming(const Incoming& in, const nlohmann::json& doc,
   if (m.cause.is_null() && !in_batch) m.cause = cause_of(in, m);
   count_message(MessageEvent::received, m, m.from_node);
   // The inbox keeps the message itself; the envelope has done its work.
-  received_batch.push_back(Received{std::move(m), std::move(reply), std::move(bytes), {}});
+  received_batch.push_back(Received{std::move(m), std::move(reply), std::move(item.bytes), {}});
 }
 
 void Node::Impl::record_received(std::vector<Received> batch) {

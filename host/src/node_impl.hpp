@@ -123,7 +123,6 @@ class ModuleInstance : public std::enable_shared_from_this<ModuleInstance> {
 
 struct MethodEntry {
   std::string name;
-  std::string help;
   uint32_t flags = 0;
   std::shared_ptr<ModuleInstance> module;  // null for the host's built-ins
   bosun_on_call on_call = nullptr;
@@ -341,10 +340,18 @@ struct Node::Impl {
     std::string bytes;
     std::string refusal;  // set: refused (only its id is known), to be NAKed with the ACKs
   };
+  // One message of what came off the bus, parsed (or why not: `error`,
+  // with the id it gave, if any) and its JSON text.
+  struct Candidate {
+    Message msg;
+    std::string error;
+    std::string bytes;
+  };
+  static Candidate parse_candidate(const nlohmann::json& doc, std::string bytes);
   // One message of what came off the bus (alone, or one of a batch, each
   // with its own ACK subject): checked, and queued for the inbox or NAKed.
-  void accept_incoming(const Incoming& in, const nlohmann::json& doc, const std::string& signer,
-                       std::string reply, std::string bytes, bool in_batch);
+  void accept_incoming(const Incoming& in, Candidate item, const std::string& signer,
+                       std::string reply, bool in_batch);
   // The signed request `in` as a cause its call's messages can carry, when
   // its method carries here (BOSUN_METHOD_CARRIES) and it came signed.
   nlohmann::json cause_of(const Incoming& in, const Message& m) const;

@@ -3,13 +3,16 @@
 // message. Built with clang by tests/fuzz/run_fuzz.sh (ctest
 // `fuzz_envelope`) and run for a bounded time. Half of the inputs are sealed with a real key first,
 // so the message decoder behind the verifier is reached, not only the header parser. Anything but a
-// clean return (a crash, a sanitizer report, an exception other than MessageError) is a finding.
+// clean return (a crash, a sanitizer report, an exception other than MessageError) is a finding,
+// and so is the bus's fast message reader (read_messages) reading anything otherwise than the
+// general decoder does.
 #include <stdlib.h>
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "bosun/host/message.hpp"
 #include "crypt.hpp"
@@ -57,12 +60,40 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     body = plain;
   }
+  // The bus's fast path (read_messages) must read nothing the general way
+  // would not, and read it the same: compared message by message, by text.
+  bool batch = false;
+  auto fast = host::read_messages(body, &batch);
   nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
-  if (doc.is_discarded()) return 0;
+  if (doc.is_discarded()) {
+    if (fast) abort();
+    return 0;
+  }
+  std::vector<host::Message> general;
   try {
-    host::Message m = host::parse_message(doc, "message");
-    (void)host::to_json(m).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (doc.is_array()) {
+      for (const auto& one : doc) general.push_back(host::parse_message(one, "message"));
+    } else {
+      general.push_back(host::parse_message(doc, "message"));
+    }
+    for (const auto& m : general) {
+      (void)host::to_json(m).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
   } catch (const host::MessageError&) {
+    if (fast) abort();
+    return 0;
+  }
+  if (fast) {
+    if (fast->size() != general.size() || batch != doc.is_array()) abort();
+    for (size_t i = 0; i < general.size(); ++i) {
+      const host::Message& a = (*fast)[i].msg;
+      const host::Message& b = general[i];
+      if (host::to_text(a) != host::to_text(b) || a.status != b.status || a.error != b.error ||
+          a.final_reply != b.final_reply || a.seq != b.seq || a.in_reply_to != b.in_reply_to ||
+          a.request_method != b.request_method) {
+        abort();
+      }
+    }
   }
   return 0;
 }

@@ -16,7 +16,7 @@ bin=$WORK/envelope_fuzz
 "$CXX" -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I"$SRC/host/include" -I"$SRC/host/src" -I"$SRC/sdk/include" \
   "$SRC/tests/fuzz/envelope_fuzz.cpp" "$SRC/host/src/envelope.cpp" "$SRC/host/src/signing.cpp" "$SRC/host/src/crypt.cpp" \
-  "$SRC/host/src/message.cpp" -lcrypto -o "$bin"
+  "$SRC/host/src/message.cpp" "$SRC/host/src/message_reader.cpp" -lcrypto -o "$bin"
 # Seeds: a sealed ping, a sealed reply, an unsigned header, garbage.
 printf '\001{"toNode":"ship1","fromNode":"central","method":"cli_command","methodArgs":["true"],"id":"01ABC","sentAt":1}' >"$WORK/corpus/sealed-request"
 printf '\001{"toNode":"ship1","fromNode":"central","method":"none","isReply":true,"inReplyTo":"x","seq":1,"final":false,"status":"ok"}' >"$WORK/corpus/sealed-reply"

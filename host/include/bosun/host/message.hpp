@@ -76,6 +76,18 @@ nlohmann::json to_json(const Message& m);
 // once instead of going through the JSON library's escaping byte by byte:
 // a file copy's chunks are hundreds of kilobytes.
 std::string to_text(const Message& m);
+// One message read by read_messages, and its own text within the input.
+struct ReadMessage {
+  Message msg;
+  std::string_view text;
+};
+// The messages of a JSON text from the bus (one object, or an array of them:
+// a batch; `*batch` says which) read without building a JSON document, for
+// the shapes bosun's own nodes send: known fields only, ASCII strings,
+// arrays of strings. nullopt for anything else, and whenever parse_message
+// would refuse one of them: parse it the general way then, which says what
+// is wrong. What it returns is exactly what parse_message would.
+std::optional<std::vector<ReadMessage>> read_messages(std::string_view text, bool* batch);
 // Appends `s` to `out` as a JSON string.
 void append_json_string(std::string& out, std::string_view s);
 
