@@ -98,8 +98,9 @@ void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run
     std::lock_guard<std::mutex> lock(calls_mu);
     running[msg.id] = call;
   }
-  if (timeout_s > 0) {
+  if (timeout_s > 0 && !entry.quick) {
     // Set before the call can finish (it has not started), read after.
+    // (A quick built-in cannot outlast it.)
     call->timeout_deadline =
         deadlines.add_after(std::chrono::milliseconds(std::llround(timeout_s * 1000)),
                             [this, call] { expire_call(call); });
@@ -311,7 +312,6 @@ void Node::Impl::register_builtins(MethodTable& t) {
                  std::function<bosun_status(bosun_call*)> fn) {
     MethodEntry e;
     e.name = name;
-    e.help = help;
     e.builtin = std::move(fn);
     t[name] = std::move(e);
   };
@@ -412,8 +412,10 @@ void api_log(bosun_host* host, bosun_log_level level, const char* msg, size_t le
 
 bosun_status api_reply(bosun_call* call, const char* data, size_t len) {
   if (call == nullptr) return BOSUN_ERR_INVALID_ARGUMENT;
+  // A quick built-in returns right after its reply, which then goes as the
+  // final one: no timer to send it should the call linger.
   auto self = std::shared_ptr<bosun_call>();
-  {
+  if (!call->entry.quick) {
     std::lock_guard<std::mutex> lock(call->node->calls_mu);
     auto it = call->node->running.find(call->msg.id);
     if (it != call->node->running.end() && it->second.get() == call) self = it->second;

@@ -68,7 +68,6 @@ MethodEntry Node::Impl::method_entry(const std::shared_ptr<ModuleInstance>& inst
                                      const MethodSpec& m) {
   MethodEntry e;
   e.name = m.name;
-  e.help = m.help;
   e.flags = m.flags;
   e.module = inst;
   e.on_call = m.on_call;
