@@ -61,7 +61,7 @@ bool Node::Impl::enter_module(MethodEntry& entry, std::string* error) {
 }
 
 void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run, bool tracked,
-                            bool marked_running) {
+                            bool marked_running, std::string text) {
   MethodEntry entry = found;
   if (std::string error; !enter_module(entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
@@ -76,7 +76,7 @@ void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run
   call->entry = entry;
   call->msg = std::move(m);
   call->started_ms = now_ms();
-  call->message_json = to_text(call->msg);
+  call->message_json = text.empty() ? to_text(call->msg) : std::move(text);
   const Message& msg = call->msg;
   call->args.reserve(msg.method_args.size());
   for (const auto& a : msg.method_args) call->args.push_back(bosun_str{a.data(), a.size()});

@@ -151,8 +151,8 @@ int Node::Impl::retries_of(const Message& m) const {
   return m.is_reply ? d.reply_retries : d.retries;
 }
 
-bool Node::Impl::send_remote(Message m, const std::string& done_id) {
-  std::string bytes = to_text(m);
+bool Node::Impl::send_remote(Message m, const std::string& done_id, std::string text) {
+  std::string bytes = text.empty() ? to_text(m) : std::move(text);
   if (SendBatch* b = t_send_batch; b != nullptr && b->node == this) {
     // Committed and published with the rest of the batch when it closes.
     b->items.push_back(SendBatch::Item{std::move(m), std::move(bytes), done_id});

@@ -277,25 +277,28 @@ std::string relay_error(const Message& m, const std::string& self, const std::st
 SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<ReplyWaiter> waiter,
                                 const std::string& from_node, bool from_module) {
   SubmitResult result;
-  nlohmann::json list = batch;
-  if (list.is_object()) list = nlohmann::json::array({batch});
-  if (!list.is_array()) {
+  if (!batch.is_object() && !batch.is_array()) {
     result.errors.push_back({0, "expected a JSON array of messages (or one message object)"});
     return result;
   }
+  // One object is a batch of one (not copied into an array).
+  const size_t count = batch.is_object() ? 1 : batch.size();
+  auto entry = [&](size_t i) -> const nlohmann::json& {
+    return batch.is_object() ? batch : batch[i];
+  };
   const std::string& self = config.node.name;
   auto reject = [&](size_t i, const std::string& error) {
     result.errors.push_back({i, error});
-    if (audit) audit->append("rejected", {{"error", error}, {"input", list[i]}});
+    if (audit) audit->append("rejected", {{"error", error}, {"input", entry(i)}});
   };
   // What goes to other nodes is put in the outbox in one write and
   // published together (one NATS message per node and method).
   SendScope sends(this);
-  for (size_t i = 0; i < list.size(); ++i) {
+  for (size_t i = 0; i < count; ++i) {
     std::string where = "message " + std::to_string(i);
     Message m;
     try {
-      m = parse_message(list[i], where);
+      m = parse_message(entry(i), where);
     } catch (const MessageError& e) {
       reject(i, e.what());
       continue;
@@ -315,6 +318,7 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         std::find(targets.begin(), targets.end(), m.to_node) == targets.end()) {
       targets.insert(targets.begin(), m.to_node);
     }
+    const std::string method = m.method;  // what was asked (a relay carries it)
     for (const auto& target : targets) {
       // The first hop: the relay node for a relayed message.
       const std::string& hop = m.relay_via_node.empty() ? target : m.relay_via_node;
@@ -332,7 +336,8 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         reject(i, error);
         continue;
       }
-      Message one = m;
+      // The last target takes the message itself, the others a copy.
+      Message one = &target == &targets.back() ? std::move(m) : m;
       one.to_node = target;
       one.to_nodes.clear();
       if (!one.relay_via_node.empty()) one = relay_envelope(one);
@@ -343,9 +348,11 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         waiters[one.id] = waiter;
       }
       std::string id = one.id;
-      if (audit) audit->append_text("accepted", to_text(one));
+      // Its text once, for the audit log and the outbox.
+      std::string text = to_text(one);
+      if (audit) audit->append_text("accepted", text);
       try {
-        route(std::move(one));
+        route(std::move(one), {}, std::move(text));
       } catch (const std::exception& e) {
         result.errors.push_back(
             {i, where + ": not accepted for node \"" + target + "\": " + e.what()});
@@ -353,7 +360,7 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
         waiters.erase(id);
         continue;
       }
-      result.accepted.push_back({i, id, target, m.method});
+      result.accepted.push_back({i, id, target, method});
     }
   }
   auto [failed, why] = sends.commit();
@@ -409,7 +416,7 @@ void Node::Impl::submit_reply(Message m, size_t index, const std::string& where,
   result.accepted.push_back({index, id, to, method});
 }
 
-bool Node::Impl::route(Message m, const std::string& done_id) {
+bool Node::Impl::route(Message m, const std::string& done_id, std::string text) {
   if (m.to_node == config.node.name) {
     deliver_local(std::move(m));
     return false;
@@ -420,7 +427,7 @@ bool Node::Impl::route(Message m, const std::string& done_id) {
     return false;
   }
   try {
-    return send_remote(std::move(m), done_id);
+    return send_remote(std::move(m), done_id, std::move(text));
   } catch (const std::exception& e) {
     spdlog::error("message {} ({}) for node {} not accepted: {}", m.id, m.method, m.to_node,
                   e.what());
@@ -437,12 +444,14 @@ void Node::Impl::deliver_local(Message m, bool tracked, bool running) {
   if (m.is_reply) {
     handle_reply(std::move(m), tracked);
   } else {
-    if (audit) audit->append_text("received", to_text(m));
-    dispatch_request(std::move(m), tracked, running);
+    // Its text once, for the audit log and the handler's view.
+    std::string text = to_text(m);
+    if (audit) audit->append_text("received", text);
+    dispatch_request(std::move(m), tracked, running, std::move(text));
   }
 }
 
-void Node::Impl::dispatch_request(Message m, bool tracked, bool running) {
+void Node::Impl::dispatch_request(Message m, bool tracked, bool running, std::string text) {
   MethodEntry entry;
   if (std::string error; !find_method(m.method, &entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
@@ -453,7 +462,7 @@ void Node::Impl::dispatch_request(Message m, bool tracked, bool running) {
   // A message from the bus is already on a worker thread: run it right here
   // rather than queueing it again (serial methods keep their strand).
   bool here = tracked && !entry.serial;
-  start_call(std::move(m), entry, here, tracked, running);
+  start_call(std::move(m), entry, here, tracked, running, std::move(text));
 }
 
 void Node::Impl::handle_reply(Message m, bool tracked) {

@@ -258,11 +258,13 @@ struct Node::Impl {
   // `done_id`: an inbox message to record "done" in the same write that puts
   // `m` in the outbox; returns whether that happened (only when `m` leaves
   // for another node).
-  bool route(Message m, const std::string& done_id = {});
+  // `text`: to_text(m), when the caller has it already.
+  bool route(Message m, const std::string& done_id = {}, std::string text = {});
   // `running`: the inbox already holds it as "running" (a quick request
   // recorded so on arrival).
   void deliver_local(Message m, bool tracked = false, bool running = false);
-  void dispatch_request(Message m, bool tracked, bool running = false);
+  // `text`: to_text(m), when the caller has it already.
+  void dispatch_request(Message m, bool tracked, bool running = false, std::string text = {});
   void handle_reply(Message m, bool tracked);
   void process_replies(const std::vector<std::pair<Message, bool>>& ready);
   void run_reply_method(const Message& m);
@@ -273,7 +275,7 @@ struct Node::Impl {
 
   // calls.cpp
   void start_call(Message m, const MethodEntry& entry, bool inline_run, bool tracked = false,
-                  bool marked_running = false);
+                  bool marked_running = false, std::string text = {});
   bool enter_module(MethodEntry& entry, std::string* error);
   void run_call(const std::shared_ptr<bosun_call>& call);
   void finish_call(const std::shared_ptr<bosun_call>& call, bosun_status status);
@@ -288,7 +290,7 @@ struct Node::Impl {
   void resume_delivery();
   double ack_timeout_s(const Message& m) const;
   int retries_of(const Message& m) const;
-  bool send_remote(Message m, const std::string& done_id = {});
+  bool send_remote(Message m, const std::string& done_id = {}, std::string text = {});
   void publish_attempt(Message m, std::string bytes);
 
   // Publishing (delivery.cpp). A request or reply whose attempt is due goes
