@@ -29,19 +29,27 @@ const char* db_name(Db db) {
   return kDbNames[static_cast<size_t>(db)];
 }
 
-[[noreturn]] void fail(const fs::path& dir, const std::string& op, int rc) {
-  throw StoreError("store " + dir.string() + ": " + op + " failed: " + mdb_strerror(rc));
+[[noreturn]] void fail(const fs::path& dir, std::string_view op, int rc) {
+  throw StoreError("store " + dir.string() + ": " + std::string(op) +
+                   " failed: " + mdb_strerror(rc));
 }
 
-void check(const fs::path& dir, const std::string& op, int rc) {
+// The text of what failed is made only when it failed: these run for every
+// read and write.
+void check(const fs::path& dir, std::string_view op, int rc) {
   if (rc != MDB_SUCCESS) fail(dir, op, rc);
 }
+void check(const fs::path& dir, std::string_view op, Db db, int rc);
 
 MDB_val to_val(std::string_view s) {
   return MDB_val{s.size(), const_cast<char*>(s.data())};
 }
 std::string_view to_view(const MDB_val& v) {
   return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
+}
+
+void check(const fs::path& dir, std::string_view op, Db db, int rc) {
+  if (rc != MDB_SUCCESS) fail(dir, std::string(op) + " '" + db_name(db) + "'", rc);
 }
 
 void check_key(const fs::path& dir, Db db, std::string_view key) {
@@ -83,7 +91,7 @@ std::optional<std::string> get_in(MDB_txn* txn, MDB_dbi dbi, const fs::path& dir
   MDB_val k = to_val(key), v;
   int rc = mdb_get(txn, dbi, &k, &v);
   if (rc == MDB_NOTFOUND) return std::nullopt;
-  check(dir, std::string("get from '") + db_name(db) + "'", rc);
+  check(dir, "get from", db, rc);
   return std::string(to_view(v));
 }
 
@@ -155,7 +163,7 @@ std::optional<std::string> WriteTxn::get(Db db, std::string_view key) const {
 void WriteTxn::put(Db db, std::string_view key, std::string_view value) {
   check_key(store_.dir_, db, key);
   MDB_val k = to_val(key), v = to_val(value);
-  check(store_.dir_, std::string("put into '") + db_name(db) + "'",
+  check(store_.dir_, "put into", db,
         mdb_put(txn_, store_.dbis_[static_cast<size_t>(db)], &k, &v, 0));
 }
 
@@ -164,7 +172,7 @@ bool WriteTxn::del(Db db, std::string_view key) {
   MDB_val k = to_val(key);
   int rc = mdb_del(txn_, store_.dbis_[static_cast<size_t>(db)], &k, nullptr);
   if (rc == MDB_NOTFOUND) return false;
-  check(store_.dir_, std::string("delete from '") + db_name(db) + "'", rc);
+  check(store_.dir_, "delete from", db, rc);
   return true;
 }
 
