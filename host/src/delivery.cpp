@@ -256,8 +256,8 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     return;
   }
   auto out = std::make_shared<Outgoing>();
-  out->subject = subject;
-  out->bytes = bytes;
+  out->subject = std::move(subject);
+  out->bytes = std::move(bytes);
   out->attempts_left = retries_of(m);
   out->sign = sign;
   out->ack_timeout = std::chrono::milliseconds(std::llround(ack_s * 1000));
@@ -269,7 +269,7 @@ void Node::Impl::publish_attempt(Message m, std::string bytes) {
     out->ack_deadline = deadlines.add_after(out->ack_timeout, [this, out] { on_ack_timeout(out); });
   }
   // Sent by the caller's flush_publishes() (or another thread's).
-  queue_publish(Publish{std::move(subject), id, std::move(bytes), sign});
+  queue_publish(Publish{std::move(out)});
 }
 
 void Node::Impl::queue_publish(Publish p) {
@@ -309,21 +309,22 @@ void Node::Impl::send_publishes(std::vector<Publish>& items) {
   // the limits allow; a signed one always alone (what its call's messages
   // carry as their cause is exactly its own envelope).
   std::vector<char> sent(items.size(), 0);
+  std::vector<size_t> group;
   for (size_t i = 0; i < items.size(); ++i) {
     if (sent[i]) continue;
     sent[i] = 1;
-    const Publish& first = items[i];
-    std::vector<size_t> group{i};
+    const Outgoing& first = *items[i].out;
+    group.assign(1, i);
     size_t bytes = first.bytes.size();
     for (size_t j = i + 1; !first.sign && j < items.size(); ++j) {
-      if (sent[j] || items[j].sign || items[j].subject != first.subject) continue;
-      if (group.size() >= kMaxBatchMessages || bytes + items[j].bytes.size() > kMaxBatchBytes)
-        break;
+      const Outgoing& next = *items[j].out;
+      if (sent[j] || next.sign || next.subject != first.subject) continue;
+      if (group.size() >= kMaxBatchMessages || bytes + next.bytes.size() > kMaxBatchBytes) break;
       sent[j] = 1;
       group.push_back(j);
-      bytes += items[j].bytes.size() + 1;
+      bytes += next.bytes.size() + 1;
     }
-    const std::string reply = ack_inbox + "." + first.id;
+    const std::string reply = ack_inbox + "." + first.msg.id;
     if (group.size() == 1) {
       t->publish(first.subject, seal_request(first.subject, first.bytes, first.sign), reply);
       continue;
@@ -333,7 +334,7 @@ void Node::Impl::send_publishes(std::vector<Publish>& items) {
     body += '[';
     for (size_t k = 0; k < group.size(); ++k) {
       if (k > 0) body += ',';
-      body += items[group[k]].bytes;
+      body += items[group[k]].out->bytes;
     }
     body += ']';
     t->publish(first.subject, seal_request(first.subject, body), reply);
@@ -360,7 +361,7 @@ void Node::Impl::on_ack_timeout(const std::shared_ptr<Outgoing>& out) {
     count_message(MessageEvent::retried, out->msg, out->msg.to_node);
     spdlog::debug("no ACK for {} ({}) from {}; resending", out->msg.id, out->msg.method,
                   out->msg.to_node);
-    queue_publish(Publish{out->subject, out->msg.id, out->bytes, out->sign});
+    queue_publish(Publish{out});
     flush_publishes();
     return;
   }
@@ -705,7 +706,7 @@ void Node::Impl::accept_incoming(const Incoming& in, Candidate item, const std::
   // A carried cause was checked (and kept) above, or is not this host's to
   // act on; the request itself is the cause of its call's messages when it
   // came signed, alone (a batch's envelope is no one request's).
-  m.extra.erase("cause");
+  if (m.extra.is_object()) m.extra.erase("cause");
   if (m.cause.is_null() && !in_batch) m.cause = cause_of(in, m);
   count_message(MessageEvent::received, m, m.from_node);
   // The inbox keeps the message itself; the envelope has done its work.

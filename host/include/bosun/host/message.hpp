@@ -47,8 +47,9 @@ struct Message {
   std::string status;          // "ok" | "error"
   std::string error;           // error text when status == "error"
 
-  // Fields we do not know, passed through untouched.
-  nlohmann::json extra = nlohmann::json::object();
+  // Fields we do not know, passed through untouched: null (none, not
+  // allocated: most messages) or an object.
+  nlohmann::json extra;
 
   // Host only, never read from or written to JSON by to_json/parse_message:
   // the signed request a call of this message acts for (DESIGN §7), as the
