@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "../host/src/crypt.hpp"
 #include "../host/src/security.hpp"
 #include "bosun/host/client.hpp"
 #include "bosun/host/message.hpp"
@@ -331,6 +332,21 @@ TEST(PairKeys, BothEndsDeriveOneKeyThatNoThirdNodeHas) {
   EXPECT_EQ(a.pair_key("short"), "");
   // The key of a node that is unchanged after a restart (same key file).
   EXPECT_EQ(host::Identity::load_or_create(da.path()).pair_key(b.public_key_raw()), ab);
+  // A tag is HMAC-SHA256 under the pair key of exactly the signed bytes
+  // (computed piece by piece on the way), in clear and encrypted.
+  const host::ClusterKey secret(std::string(host::ClusterKey::kSecretBytes, '\x42'));
+  for (const host::ClusterKey* key : {static_cast<const host::ClusterKey*>(nullptr), &secret}) {
+    const std::string subj = "bosun.req.b.ping";
+    std::string wire = a.seal("a", subj, "{\"x\":1}", 1700000000123, key, b.public_key_raw());
+    host::Envelope env;
+    std::string why;
+    ASSERT_TRUE(host::parse_envelope(wire, env, &why)) << why;
+    ASSERT_TRUE(env.pair);
+    EXPECT_EQ(env.signature,
+              host::hmac_sha256(ab, host::envelope_signed_bytes(env.signer, env.signed_at_ms, subj,
+                                                                env.body, env.key_id, true)));
+    EXPECT_TRUE(b.verify(env, subj));
+  }
 
   const std::string subject = "bosun.req.b.ping";
   const std::string body = R"({"method":"ping"})";

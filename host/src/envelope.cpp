@@ -184,12 +184,35 @@ bool ed25519_verify(EVP_PKEY* key, std::string_view data, std::string_view signa
 // ------------------------------------------------------------- Identity ---
 
 struct Identity::PairCache {
+  struct Entry {
+    std::string key;                        // the pair key
+    std::shared_ptr<const HmacSha256> mac;  // its HMAC state
+  };
   std::mutex mu;
-  std::map<std::string, std::string, std::less<>> keys;  // peer's Ed25519 key -> pair key
+  std::map<std::string, Entry, std::less<>> keys;  // peer's Ed25519 key -> pair key
   ~PairCache() {
-    for (auto& [peer, key] : keys) OPENSSL_cleanse(key.data(), key.size());
+    for (auto& [peer, e] : keys) OPENSSL_cleanse(e.key.data(), e.key.size());
   }
 };
+
+namespace {
+
+// The tag of an envelope under a pair key: HMAC-SHA256 of exactly
+// envelope_signed_bytes(..., pair = true), hashed piece by piece instead of
+// copied together first (a file copy's chunk is a quarter of a megabyte).
+std::string pair_tag(const HmacSha256& mac, std::string_view signer, int64_t signed_at_ms,
+                     std::string_view subject, std::string_view body, std::string_view key_id) {
+  char ts[24];
+  auto r = std::to_chars(ts, ts + sizeof ts, signed_at_ms);
+  const std::string_view nul("\0", 1);
+  const std::string_view time(ts, static_cast<size_t>(r.ptr - ts));
+  if (key_id.empty())
+    return mac.tag({kDomainPair, nul, signer, nul, time, nul, subject, nul, body});
+  return mac.tag(
+      {kDomainPairEncrypted, nul, signer, nul, time, nul, subject, nul, key_id, nul, body});
+}
+
+}  // namespace
 
 Identity::Identity(Ed25519Key key)
     : key_(std::make_shared<Ed25519Key>(std::move(key))),
@@ -201,10 +224,18 @@ Identity::Identity(Ed25519Key key)
 }
 
 std::string Identity::pair_key(std::string_view peer) const {
+  auto mac = pair_mac(peer);
+  if (!mac) return {};
+  std::lock_guard<std::mutex> lock(pairs_->mu);
+  auto it = pairs_->keys.find(peer);
+  return it == pairs_->keys.end() ? std::string() : it->second.key;
+}
+
+std::shared_ptr<const HmacSha256> Identity::pair_mac(std::string_view peer) const {
   {
     std::lock_guard<std::mutex> lock(pairs_->mu);
     auto it = pairs_->keys.find(peer);
-    if (it != pairs_->keys.end()) return it->second;
+    if (it != pairs_->keys.end()) return it->second.mac;
   }
   std::string peer_x = x25519_public_from_ed25519(peer);
   if (peer_x.empty()) return {};
@@ -245,26 +276,27 @@ std::string Identity::pair_key(std::string_view peer) const {
   }
   std::string key(reinterpret_cast<const char*>(okm), sizeof okm);
   OPENSSL_cleanse(okm, sizeof okm);
+  auto mac = std::make_shared<const HmacSha256>(key);
   std::lock_guard<std::mutex> lock(pairs_->mu);
   if (pairs_->keys.size() >= kMaxPairKeys) {
-    for (auto& [p, k] : pairs_->keys) OPENSSL_cleanse(k.data(), k.size());
+    for (auto& [p, e] : pairs_->keys) OPENSSL_cleanse(e.key.data(), e.key.size());
     pairs_->keys.clear();
   }
-  pairs_->keys.emplace(peer_s, key);
-  return key;
+  pairs_->keys.emplace(peer_s, PairCache::Entry{std::move(key), mac});
+  return mac;
 }
 
 bool Identity::verify(const Envelope& env, std::string_view subject) const {
-  std::string bytes =
-      envelope_signed_bytes(env.signer, env.signed_at_ms, subject, env.body, env.key_id, env.pair);
   if (!env.pair) {
     PkeyPtr key = ed25519_public_key(env.public_key);
-    return ed25519_verify(key.get(), bytes, env.signature);
+    return ed25519_verify(
+        key.get(),
+        envelope_signed_bytes(env.signer, env.signed_at_ms, subject, env.body, env.key_id, false),
+        env.signature);
   }
-  std::string key = pair_key(env.public_key);
-  if (key.empty() || env.signature.size() != 32) return false;
-  std::string tag = hmac_sha256(key, bytes);
-  OPENSSL_cleanse(key.data(), key.size());
+  auto mac = pair_mac(env.public_key);
+  if (!mac || env.signature.size() != 32) return false;
+  std::string tag = pair_tag(*mac, env.signer, env.signed_at_ms, subject, env.body, env.key_id);
   return tag.size() == 32 && CRYPTO_memcmp(tag.data(), env.signature.data(), 32) == 0;
 }
 
@@ -299,14 +331,11 @@ std::string Identity::seal(std::string_view signer, std::string_view subject, st
     sealed = key->encrypt(payload_aad(signer, now_ms, subject, key_id), body);
     body = sealed;
   }
-  std::string pair_key_bytes = peer.empty() ? std::string() : pair_key(peer);
-  const bool pair = !pair_key_bytes.empty();
+  auto mac = peer.empty() ? nullptr : pair_mac(peer);
+  const bool pair = mac != nullptr;
   std::string sig;
   if (pair) {
-    sig = hmac_sha256(pair_key_bytes,
-                      envelope_signed_bytes(signer, now_ms, subject, body, key_id, true));
-    OPENSSL_cleanse(pair_key_bytes.data(), pair_key_bytes.size());
-    if (sig.empty()) throw SigningError("cannot compute an HMAC-SHA256 tag");
+    sig = pair_tag(*mac, signer, now_ms, subject, body, key_id);
   } else {
     sig = key_->sign(envelope_signed_bytes(signer, now_ms, subject, body, key_id));
   }

@@ -112,6 +112,9 @@ class Identity {
   // HKDF-SHA256 of X25519 between the two keys mapped to Curve25519, bound
   // to both public keys. Empty when `peer` is not a usable key. Cached.
   std::string pair_key(std::string_view peer) const;
+  // The HMAC state of that key (what tags are made with); null when there
+  // is none. Cached with it.
+  std::shared_ptr<const HmacSha256> pair_mac(std::string_view peer) const;
 
  private:
   explicit Identity(Ed25519Key key);

@@ -1,3 +1,5 @@
+// SHA256_Init/Update/Final (HmacSha256): deprecated in OpenSSL 3, not removed.
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "signing.hpp"
 
 #include <fcntl.h>
@@ -6,6 +8,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,46 +88,55 @@ std::string sha256_hex(std::string_view bytes) {
   return to_hex(md, len);
 }
 
-// HMAC-SHA256 (RFC 2104) over SHA-256 fetched once, with one digest
-// context per thread. OpenSSL 3's one-shot HMAC() looks the algorithms up
-// by name and builds its contexts on every call: that was most of what a
-// pair-key tag cost (~9% of a node's CPU at full messaging load).
-std::string hmac_sha256(std::string_view key, std::string_view data) {
-  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  struct ThreadCtx {
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    ~ThreadCtx() { EVP_MD_CTX_free(ctx); }
-  };
-  thread_local ThreadCtx local;
-  constexpr size_t kBlock = 64;
-  if (sha256 == nullptr || local.ctx == nullptr) return {};
+// HMAC-SHA256 on OpenSSL's SHA-256 block functions: its EVP digest
+// contexts allocate on every initialisation (and the one-shot HMAC() looks
+// the algorithms up by name each time), which at full messaging load was
+// most of what a tag cost. The SHA256_* functions are deprecated in
+// OpenSSL 3 but kept there; they are the same implementation without the
+// provider layer around it.
+struct HmacSha256::State {
+  SHA256_CTX inner, outer;  // after the key's ipad and opad blocks
+};
+
+HmacSha256::HmacSha256(std::string_view key) : state_(std::make_unique<State>()) {
+  constexpr size_t kBlock = SHA256_CBLOCK;
   unsigned char k0[kBlock] = {0};
   if (key.size() > kBlock) {
-    unsigned int n = 0;
-    if (EVP_Digest(key.data(), key.size(), k0, &n, sha256, nullptr) != 1) return {};
+    SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), k0);
   } else {
     std::memcpy(k0, key.data(), key.size());
   }
   unsigned char pad[kBlock];
-  unsigned char inner[32];
-  std::string tag(32, '\0');
-  unsigned int len = 0;
   for (size_t i = 0; i < kBlock; ++i) pad[i] = k0[i] ^ 0x36;
-  bool ok = EVP_DigestInit_ex2(local.ctx, sha256, nullptr) == 1 &&
-            EVP_DigestUpdate(local.ctx, pad, kBlock) == 1 &&
-            EVP_DigestUpdate(local.ctx, data.data(), data.size()) == 1 &&
-            EVP_DigestFinal_ex(local.ctx, inner, &len) == 1 && len == sizeof inner;
+  SHA256_Init(&state_->inner);
+  SHA256_Update(&state_->inner, pad, kBlock);
   for (size_t i = 0; i < kBlock; ++i) pad[i] = k0[i] ^ 0x5c;
-  ok = ok && EVP_DigestInit_ex2(local.ctx, sha256, nullptr) == 1 &&
-       EVP_DigestUpdate(local.ctx, pad, kBlock) == 1 &&
-       EVP_DigestUpdate(local.ctx, inner, sizeof inner) == 1 &&
-       EVP_DigestFinal_ex(local.ctx, reinterpret_cast<unsigned char*>(tag.data()), &len) == 1 &&
-       len == 32;
+  SHA256_Init(&state_->outer);
+  SHA256_Update(&state_->outer, pad, kBlock);
   OPENSSL_cleanse(k0, sizeof k0);
   OPENSSL_cleanse(pad, sizeof pad);
+}
+
+HmacSha256::~HmacSha256() {
+  OPENSSL_cleanse(state_.get(), sizeof(State));
+}
+
+std::string HmacSha256::tag(std::initializer_list<std::string_view> pieces) const {
+  SHA256_CTX c = state_->inner;
+  for (std::string_view p : pieces) SHA256_Update(&c, p.data(), p.size());
+  unsigned char inner[SHA256_DIGEST_LENGTH];
+  SHA256_Final(inner, &c);
+  c = state_->outer;
+  SHA256_Update(&c, inner, sizeof inner);
+  std::string out(SHA256_DIGEST_LENGTH, '\0');
+  SHA256_Final(reinterpret_cast<unsigned char*>(out.data()), &c);
   OPENSSL_cleanse(inner, sizeof inner);
-  if (!ok) return {};
-  return tag;
+  OPENSSL_cleanse(&c, sizeof c);
+  return out;
+}
+
+std::string hmac_sha256(std::string_view key, std::string_view data) {
+  return HmacSha256(key).tag({data});
 }
 
 std::string sha256_file_hex(const fs::path& file) {
