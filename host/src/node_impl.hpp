@@ -300,11 +300,10 @@ struct Node::Impl {
   // kMaxBatchBytes), under one envelope. Threads that queue while another
   // publishes return at once: that one sends theirs too. Nothing waits for
   // company: a message alone goes alone, as it always did.
+  // A message due: its subject, text and signing are its Outgoing's; the
+  // ACK comes on <ack_inbox>.<its id> (a batch's: its first one's).
   struct Publish {
-    std::string subject;
-    std::string id;     // the ACK comes on <ack_inbox>.<id> (a batch's: its first id)
-    std::string bytes;  // the message's JSON text
-    bool sign = false;  // Ed25519-signed and alone (BOSUN_METHOD_CARRIES)
+    std::shared_ptr<const Outgoing> out;
   };
   std::mutex publish_mu;
   std::vector<Publish> publish_queue;
