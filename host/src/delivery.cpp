@@ -567,6 +567,16 @@ void Node::Impl::on_incoming(Incoming&& in) {
     counters.received++;
     return drop_incoming(in.subject, in.reply, why, {});
   }
+  // What this NATS message adds to received_batch: its first is marked
+  // with how many (Received::from_message), whatever returns below.
+  struct Mark {
+    std::vector<Received>& batch;
+    size_t before;
+    ~Mark() {
+      if (batch.size() > before)
+        batch[before].from_message = static_cast<uint32_t>(batch.size() - before);
+    }
+  } mark{received_batch, received_batch.size()};
   // Bosun's own messages are read straight into Message; anything else
   // (and whatever is wrong) the general way, which names the problem.
   bool is_batch = false;
@@ -709,6 +719,9 @@ void Node::Impl::accept_incoming(const Incoming& in, Candidate item, const std::
   if (m.extra.is_object()) m.extra.erase("cause");
   if (m.cause.is_null() && !in_batch) m.cause = cause_of(in, m);
   count_message(MessageEvent::received, m, m.from_node);
+  // A reply is the word of the node its request went to that it has the
+  // request: as good as its ACK (which a quick call's receiver leaves out).
+  if (m.is_reply) implied_acks.push_back({m.in_reply_to, m.from_node});
   // The inbox keeps the message itself; the envelope has done its work.
   received_batch.push_back(Received{std::move(m), std::move(reply), std::move(item.bytes), {}});
 }
@@ -717,14 +730,18 @@ void Node::Impl::record_received(std::vector<Received> batch) {
   // One transaction for all, on this thread (the subscription's: it takes
   // the next messages off the bus once these are in), then one answer per
   // sender for all of its messages (on the first one's reply subject).
-  // A quick built-in is recorded "running" at once and runs right here
-  // after the ACKs: the inbox never holds it waiting for a worker.
+  // A quick built-in is recorded "running" at once and runs right here:
+  // the inbox never holds it waiting for a worker, and its reply, sent
+  // before the ACKs, is its ACK.
   std::vector<char> fresh(batch.size(), 0);
   std::vector<char> quick(batch.size(), 0);
   for (size_t i = 0; i < batch.size(); ++i) {
     const Message& m = batch[i].msg;
     quick[i] = batch[i].refusal.empty() && !m.is_reply && is_quick(m.method) ? 1 : 0;
   }
+  // The requests of ours that these replies answer, ACKed by them: out of
+  // the outbox in the same write.
+  std::vector<std::shared_ptr<Outgoing>> answered = take_implied_acks();
   try {
     store->write([&](WriteTxn& t) {
       for (size_t i = 0; i < batch.size(); ++i) {
@@ -737,6 +754,7 @@ void Node::Impl::record_received(std::vector<Received> batch) {
             finished ? kStateDone : (quick[i] ? kStateRunning : kStateReceived);
         fresh[i] = Store::inbox_record_in(t, m.id, batch[i].bytes, state) ? 1 : 0;
       }
+      for (const auto& out : answered) t.del(Db::outbox, out->msg.id);
     });
   } catch (const std::exception& e) {
     // Not durable, so no ACK: the senders will resend.
@@ -744,7 +762,6 @@ void Node::Impl::record_received(std::vector<Received> batch) {
     return;
   }
   if (stopping) return;  // not ACKed: they are in the inbox and run after the restart
-  send_acks(batch);
   // What the quick calls send is committed and published in one go.
   SendBatch sends(this);
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -754,7 +771,9 @@ void Node::Impl::record_received(std::vector<Received> batch) {
       spdlog::debug("message {} seen before: ACKed again, not run again", batch[i].msg.id);
       continue;
     }
-    Message& m = batch[i].msg;
+    // Handed on; its id stays, for the ACKs.
+    Message m = std::move(batch[i].msg);
+    batch[i].msg.id = m.id;
     if (quick[i]) {
       deliver_local(std::move(m), true, true);
     } else if (m.is_reply && m.method == "none") {
@@ -765,22 +784,62 @@ void Node::Impl::record_received(std::vector<Received> batch) {
       asio::post(*pool, [this, m = std::move(m)]() mutable { deliver_local(std::move(m), true); });
     }
   }
+  // A quick call's reply, once out, is its ACK (a sender of bosun's takes
+  // a reply for the ACK of its request). A resent copy, or one whose reply
+  // could not be sent, is ACKed as usual.
+  std::vector<std::string> answering;  // copies: commit() moves the messages on
+  for (const auto& item : sends.items) {
+    if (item.msg.is_reply) answering.push_back(item.msg.in_reply_to);
+  }
+  std::sort(answering.begin(), answering.end());
+  std::vector<char> replied(batch.size(), 0);
+  if (sends.commit().first.empty()) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      replied[i] = quick[i] && fresh[i] &&
+                   std::binary_search(answering.begin(), answering.end(), batch[i].msg.id);
+    }
+  }
+  send_acks(batch, replied);
 }
 
-void Node::Impl::send_acks(const std::vector<Received>& batch) {
+std::vector<std::shared_ptr<Outgoing>> Node::Impl::take_implied_acks() {
+  std::vector<std::shared_ptr<Outgoing>> answered;
+  if (implied_acks.empty()) return answered;
+  std::lock_guard<std::mutex> lock(outgoing_mu);
+  for (const auto& [id, from] : implied_acks) {
+    auto it = outgoing.find(id);
+    if (it == outgoing.end() || it->second->msg.to_node != from) continue;
+    answered.push_back(it->second);
+    deadlines.cancel(it->second->ack_deadline);
+    outgoing.erase(it);
+  }
+  implied_acks.clear();
+  for (const auto& out : answered) {
+    counters.acked++;
+    count_message(MessageEvent::acked, out->msg, out->msg.to_node);
+  }
+  return answered;
+}
+
+void Node::Impl::send_acks(const std::vector<Received>& batch, const std::vector<char>& replied) {
   auto t = bus();
   if (!t) return;
-  // A bosun sender asks for the ACK on <its ACK inbox>.<id>: those of one
-  // sender go together, at most kMaxAckBatch to an answer, on the subject
-  // of the first of them: "ACK <id> <id> ...", or, when one of them was
-  // refused, "ACKS" and a line "ACK <id>" or "NAK <id> <why>" for each.
-  // Any other reply subject gets an answer of its own.
+  // A bosun sender asks for the ACK on <its ACK inbox>.<id>. Those of one
+  // sender go together, at most kMaxAckBatch to an answer, on the reply
+  // subject of the first NATS message they came in (one answer to a NATS
+  // message at most, on its own reply subject: what NATS allow_responses
+  // permits): "ACK <id> <id> ...", or, when one of them was refused, "ACKS"
+  // and a line "ACK <id>" or "NAK <id> <why>" for each. Messages whose
+  // reply went out are not listed: the reply is their ACK. Any other reply
+  // subject gets an answer of its own.
   struct Answer {
     std::string subject;
     std::vector<const Received*> items;
   };
-  std::map<std::string, std::vector<Answer>> by_sender;
-  for (const auto& item : batch) {
+  // By sender (its ACK inbox): most batches come from one.
+  std::vector<std::pair<std::string_view, std::vector<Answer>>> by_sender;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Received& item = batch[i];
     const std::string& reply = item.reply;
     if (reply.empty()) continue;
     const std::string& id = item.msg.id;
@@ -788,6 +847,7 @@ void Node::Impl::send_acks(const std::vector<Received>& batch) {
     bool bosun_form =
         dot != std::string::npos && reply.compare(dot + 1, std::string::npos, id) == 0;
     if (!bosun_form) {
+      if (replied[i]) continue;
       if (item.refusal.empty()) {
         t->publish(reply, seal(reply, "ACK"));
       } else {
@@ -795,14 +855,23 @@ void Node::Impl::send_acks(const std::vector<Received>& batch) {
       }
       continue;
     }
-    auto& answers = by_sender[reply.substr(0, dot)];
-    if (answers.empty() || answers.back().items.size() >= kMaxAckBatch) {
+    const std::string_view sender = std::string_view(reply).substr(0, dot);
+    auto found = std::find_if(by_sender.begin(), by_sender.end(),
+                              [&](const auto& s) { return s.first == sender; });
+    if (found == by_sender.end())
+      found = by_sender.emplace(by_sender.end(), sender, std::vector<Answer>{});
+    auto& answers = found->second;
+    // A new answer starts with a NATS message of their own that would not
+    // fit in the current one.
+    if (answers.empty() ||
+        (item.from_message > 0 && answers.back().items.size() + item.from_message > kMaxAckBatch)) {
       answers.push_back(Answer{reply, {}});
     }
-    answers.back().items.push_back(&item);
+    if (!replied[i]) answers.back().items.push_back(&item);
   }
   for (const auto& [sender, answers] : by_sender) {
     for (const auto& a : answers) {
+      if (a.items.empty()) continue;  // all answered by their replies
       bool refused = false;
       for (const Received* r : a.items) refused = refused || !r->refusal.empty();
       if (a.items.size() == 1 && a.subject == a.items[0]->reply) {

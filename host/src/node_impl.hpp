@@ -340,6 +340,11 @@ struct Node::Impl {
     std::string reply;
     std::string bytes;
     std::string refusal;  // set: refused (only its id is known), to be NAKed with the ACKs
+    // >0 on the first message taken from one NATS message, whose `reply` is
+    // that NATS message's own reply subject (a batch's others have theirs
+    // derived): how many were taken from it. NATS permissions may allow one
+    // answer to each NATS message, on its own reply subject only.
+    uint32_t from_message = 0;
   };
   // One message of what came off the bus, parsed (or why not: `error`,
   // with the id it gave, if any) and its JSON text.
@@ -361,7 +366,14 @@ struct Node::Impl {
   std::vector<Received> received_batch;
   std::vector<std::string> acked_ids;
   void record_received(std::vector<Received> batch);
-  void send_acks(const std::vector<Received>& batch);
+  // ACKs for what `batch` holds, but for those `replied` (their reply went
+  // out: that is their ACK).
+  void send_acks(const std::vector<Received>& batch, const std::vector<char>& replied);
+  // Replies taken off the bus (on the subscription's thread) name requests
+  // of ours they answer: (request id, replying node). take_implied_acks()
+  // ACKs those still outstanding and returns them.
+  std::vector<std::pair<std::string, std::string>> implied_acks;
+  std::vector<std::shared_ptr<Outgoing>> take_implied_acks();
   void drop_incoming(const std::string& subject, const std::string& reply, const std::string& why,
                      std::string_view reason = "bad_message");
   // The same for a message of a batch (`m` holds at least its id): its NAK
