@@ -62,18 +62,18 @@ bool Node::Impl::enter_module(MethodEntry& entry, std::string* error) {
 
 void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run, bool tracked,
                             bool marked_running, std::string text) {
-  MethodEntry entry = found;
-  if (std::string error; !enter_module(entry, &error)) {
+  auto call = std::make_shared<bosun_call>();
+  call->entry = found;
+  if (std::string error; !enter_module(call->entry, &error)) {
     spdlog::warn("message {} from {}: {}", m.id, m.from_node, error);
     if (tracked) mark_done(m.id);
     send_reply(m, "", true, 0, error);
     return;
   }
-  auto call = std::make_shared<bosun_call>();
+  const MethodEntry& entry = call->entry;
   call->node = this;
   call->tracked = tracked;
   call->marked_running = marked_running;
-  call->entry = entry;
   call->msg = std::move(m);
   call->started_ms = now_ms();
   call->message_json = text.empty() ? to_text(call->msg) : std::move(text);
@@ -94,7 +94,9 @@ void Node::Impl::start_call(Message m, const MethodEntry& found, bool inline_run
   r.message_json = {call->message_json.data(), call->message_json.size()};
   r.timeout_ms = timeout_s < 0 ? 0 : static_cast<int64_t>(std::llround(timeout_s * 1000));
 
-  {
+  // A quick built-in is over before op_process_list could see it, and
+  // nothing could stop it: not listed.
+  if (!entry.quick) {
     std::lock_guard<std::mutex> lock(calls_mu);
     running[msg.id] = call;
   }
@@ -208,7 +210,7 @@ void Node::Impl::finish_call(const std::shared_ptr<bosun_call>& call, bosun_stat
     std::lock_guard<std::mutex> lock(call->mu);
     if (call->flush_deadline != 0) deadlines.cancel(std::exchange(call->flush_deadline, 0));
   }
-  {
+  if (!call->entry.quick) {
     std::lock_guard<std::mutex> lock(calls_mu);
     running.erase(call->msg.id);
   }
@@ -389,6 +391,7 @@ void Node::Impl::register_builtins(MethodTable& t) {
   for (const char* quick : {"ping", "plugin_list", "op_process_list", "op_process_stop"}) {
     t[quick].quick = true;
   }
+  for (const char* pure : {"ping", "plugin_list", "op_process_list"}) t[pure].pure = true;
 }
 
 // ------------------------------------------------------------ host API ----
