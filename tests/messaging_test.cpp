@@ -560,6 +560,21 @@ TEST(Messaging, ABatchIsTakenMessageByMessageAndItsRepliesLeaveTogether) {
   }
   EXPECT_EQ(answered, (std::set<std::string>{ida, idc}));
 
+  // The same ping twice in one batch runs once; the copy is ACKed.
+  json d = json::parse(wire_message("central", "ship1", "ping"));
+  const std::string idd = d["id"];
+  ASSERT_TRUE(bus->publish(subject, sealed_by(central, subject, json::array({d, d}).dump()),
+                           inbox + "." + idd));
+  ASSERT_TRUE(wait_until([&] { return acks.get().size() >= 2 && replies.get().size() >= 2; }, 10s));
+  std::this_thread::sleep_for(300ms);
+  ASSERT_EQ(acks.get().size(), 2u);
+  EXPECT_EQ(acks.get()[1], std::make_pair(inbox + "." + idd, std::string("ACK")));
+  ASSERT_EQ(replies.get().size(), 2u);
+  json twice = json::parse(replies.get()[1].second, nullptr, false);
+  ASSERT_TRUE(twice.is_object()) << replies.get()[1].second;  // one reply, not a batch of two
+  EXPECT_EQ(twice.value("inReplyTo", ""), idd);
+  EXPECT_EQ(ship1.counter("duplicates"), 1u);
+
   // Refused whole, with one NAK on the batch's own ACK subject: too many
   // messages, and something that is not a message.
   json many = json::array();
@@ -573,7 +588,7 @@ TEST(Messaging, ABatchIsTakenMessageByMessageAndItsRepliesLeaveTogether) {
   ASSERT_TRUE(answer.has_value());
   EXPECT_EQ(envelope_body(*answer), "NAK batch message 1: expected a JSON object, got number");
   std::this_thread::sleep_for(300ms);
-  EXPECT_EQ(replies.get().size(), 1u) << "a refused batch ran something";
+  EXPECT_EQ(replies.get().size(), 2u) << "a refused batch ran something";
 }
 
 // A `send` of several messages to one node goes as one NATS message (one

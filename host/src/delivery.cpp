@@ -58,6 +58,9 @@ struct Node::Impl::SendBatch {
   SendBatch* outer;
   bool open = false;  // false: it joined an outer batch of the same node
   std::vector<Item> items;
+  // Pure requests run before they were recorded: recorded done (sorted)
+  // in the same write as their replies.
+  std::vector<std::string> inbox_done;
   explicit SendBatch(Impl* n);
   ~SendBatch() { commit(); }
   // Commits what was sent into it to the outbox and publishes it; returns
@@ -193,9 +196,13 @@ std::pair<std::vector<std::string>, std::string> Node::Impl::SendBatch::commit()
   if (items.empty()) return {};
   try {
     node->store->write([this](WriteTxn& t) {
+      for (const auto& id : inbox_done) Store::inbox_record_in(t, id, {}, kStateDone);
       for (const auto& item : items) {
         t.put(Db::outbox, item.msg.id, item.bytes);
-        if (item.done_id.empty()) continue;
+        if (item.done_id.empty() ||
+            std::binary_search(inbox_done.begin(), inbox_done.end(), item.done_id)) {
+          continue;
+        }
         try {
           Store::inbox_set_state_in(t, item.done_id, kStateDone);
         } catch (const StoreError& e) {
@@ -730,41 +737,73 @@ void Node::Impl::record_received(std::vector<Received> batch) {
   // One transaction for all, on this thread (the subscription's: it takes
   // the next messages off the bus once these are in), then one answer per
   // sender for all of its messages (on the first one's reply subject).
-  // A quick built-in is recorded "running" at once and runs right here:
-  // the inbox never holds it waiting for a worker, and its reply, sent
-  // before the ACKs, is its ACK.
-  std::vector<char> fresh(batch.size(), 0);
-  std::vector<char> quick(batch.size(), 0);
-  for (size_t i = 0; i < batch.size(); ++i) {
+  // A quick built-in runs right here and its reply, sent before the ACKs,
+  // is its ACK. A pure one (no effect but its reply) runs before anything
+  // is written and is recorded done with its reply, in one write; another
+  // quick one is recorded "running" first.
+  const size_t n = batch.size();
+  std::vector<char> fresh(n, 0), quick(n, 0), pure(n, 0);
+  std::vector<std::string_view> pure_ids;
+  std::vector<size_t> pure_at;
+  bool write_needed = false;
+  for (size_t i = 0; i < n; ++i) {
     const Message& m = batch[i].msg;
-    quick[i] = batch[i].refusal.empty() && !m.is_reply && is_quick(m.method) ? 1 : 0;
+    if (!batch[i].refusal.empty()) continue;
+    bool p = false;
+    quick[i] = !m.is_reply && is_quick(m.method, &p) ? 1 : 0;
+    pure[i] = quick[i] && p ? 1 : 0;
+    if (pure[i]) {
+      pure_ids.push_back(m.id);
+      pure_at.push_back(i);
+    } else {
+      write_needed = true;
+    }
+  }
+  if (!pure_ids.empty()) {
+    // New: not in the inbox, and not already earlier in this batch.
+    std::vector<char> seen;
+    try {
+      seen = store->contains(Db::inbox, pure_ids);
+    } catch (const std::exception& e) {
+      spdlog::error("inbox: cannot look up {} message(s): {}", pure_ids.size(), e.what());
+      return;  // not ACKed: the senders will resend
+    }
+    std::vector<std::string_view> taken;
+    for (size_t k = 0; k < pure_ids.size(); ++k) {
+      if (seen[k] || std::find(taken.begin(), taken.end(), pure_ids[k]) != taken.end()) continue;
+      taken.push_back(pure_ids[k]);
+      fresh[pure_at[k]] = 1;
+    }
   }
   // The requests of ours that these replies answer, ACKed by them: out of
   // the outbox in the same write.
   std::vector<std::shared_ptr<Outgoing>> answered = take_implied_acks();
-  try {
-    store->write([&](WriteTxn& t) {
-      for (size_t i = 0; i < batch.size(); ++i) {
-        if (!batch[i].refusal.empty()) continue;
-        const Message& m = batch[i].msg;
-        // A reply with no reply method to run is finished once it is here:
-        // what remains (telling an in-memory waiter) cannot outlive a restart.
-        bool finished = m.is_reply && m.method == "none";
-        std::string_view state =
-            finished ? kStateDone : (quick[i] ? kStateRunning : kStateReceived);
-        fresh[i] = Store::inbox_record_in(t, m.id, batch[i].bytes, state) ? 1 : 0;
-      }
-      for (const auto& out : answered) t.del(Db::outbox, out->msg.id);
-    });
-  } catch (const std::exception& e) {
-    // Not durable, so no ACK: the senders will resend.
-    spdlog::error("inbox: cannot record {} message(s): {}", batch.size(), e.what());
-    return;
+  if (write_needed || !answered.empty()) {
+    try {
+      store->write([&](WriteTxn& t) {
+        for (size_t i = 0; i < n; ++i) {
+          if (!batch[i].refusal.empty() || pure[i]) continue;
+          const Message& m = batch[i].msg;
+          // A reply with no reply method to run is finished once it is
+          // here: what remains (telling an in-memory waiter) cannot
+          // outlive a restart.
+          bool finished = m.is_reply && m.method == "none";
+          std::string_view state =
+              finished ? kStateDone : (quick[i] ? kStateRunning : kStateReceived);
+          fresh[i] = Store::inbox_record_in(t, m.id, batch[i].bytes, state) ? 1 : 0;
+        }
+        for (const auto& out : answered) t.del(Db::outbox, out->msg.id);
+      });
+    } catch (const std::exception& e) {
+      // Not durable, so no ACK: the senders will resend.
+      spdlog::error("inbox: cannot record {} message(s): {}", n, e.what());
+      return;
+    }
   }
   if (stopping) return;  // not ACKed: they are in the inbox and run after the restart
   // What the quick calls send is committed and published in one go.
   SendBatch sends(this);
-  for (size_t i = 0; i < batch.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     if (!batch[i].refusal.empty()) continue;
     if (!fresh[i]) {
       counters.duplicates++;
@@ -785,21 +824,27 @@ void Node::Impl::record_received(std::vector<Received> batch) {
     }
   }
   // A quick call's reply, once out, is its ACK (a sender of bosun's takes
-  // a reply for the ACK of its request). A resent copy, or one whose reply
-  // could not be sent, is ACKed as usual.
+  // a reply for the ACK of its request). A resent copy, or a quick call
+  // whose reply could not be sent, is ACKed as usual; a pure one whose
+  // reply did not go out is neither recorded nor ACKed: sent again, it runs.
   std::vector<std::string> answering;  // copies: commit() moves the messages on
   for (const auto& item : sends.items) {
     if (item.msg.is_reply) answering.push_back(item.msg.in_reply_to);
   }
   std::sort(answering.begin(), answering.end());
-  std::vector<char> replied(batch.size(), 0);
-  if (sends.commit().first.empty()) {
-    for (size_t i = 0; i < batch.size(); ++i) {
-      replied[i] = quick[i] && fresh[i] &&
-                   std::binary_search(answering.begin(), answering.end(), batch[i].msg.id);
-    }
+  auto answered_here = [&](size_t i) {
+    return std::binary_search(answering.begin(), answering.end(), batch[i].msg.id);
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (pure[i] && fresh[i] && answered_here(i)) sends.inbox_done.push_back(batch[i].msg.id);
   }
-  send_acks(batch, replied);
+  std::sort(sends.inbox_done.begin(), sends.inbox_done.end());
+  const bool sent = sends.commit().first.empty();
+  std::vector<char> unlisted(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    unlisted[i] = quick[i] && fresh[i] && ((sent && answered_here(i)) || pure[i]);
+  }
+  send_acks(batch, unlisted);
 }
 
 std::vector<std::shared_ptr<Outgoing>> Node::Impl::take_implied_acks() {
@@ -821,7 +866,7 @@ std::vector<std::shared_ptr<Outgoing>> Node::Impl::take_implied_acks() {
   return answered;
 }
 
-void Node::Impl::send_acks(const std::vector<Received>& batch, const std::vector<char>& replied) {
+void Node::Impl::send_acks(const std::vector<Received>& batch, const std::vector<char>& unlisted) {
   auto t = bus();
   if (!t) return;
   // A bosun sender asks for the ACK on <its ACK inbox>.<id>. Those of one
@@ -847,7 +892,7 @@ void Node::Impl::send_acks(const std::vector<Received>& batch, const std::vector
     bool bosun_form =
         dot != std::string::npos && reply.compare(dot + 1, std::string::npos, id) == 0;
     if (!bosun_form) {
-      if (replied[i]) continue;
+      if (unlisted[i]) continue;
       if (item.refusal.empty()) {
         t->publish(reply, seal(reply, "ACK"));
       } else {
@@ -867,7 +912,7 @@ void Node::Impl::send_acks(const std::vector<Received>& batch, const std::vector
         (item.from_message > 0 && answers.back().items.size() + item.from_message > kMaxAckBatch)) {
       answers.push_back(Answer{reply, {}});
     }
-    if (!replied[i]) answers.back().items.push_back(&item);
+    if (!unlisted[i]) answers.back().items.push_back(&item);
   }
   for (const auto& [sender, answers] : by_sender) {
     for (const auto& a : answers) {

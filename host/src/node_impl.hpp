@@ -133,6 +133,11 @@ struct MethodEntry {
   // off the bus, right after the inbox has it, instead of queueing for a
   // worker.
   bool quick = false;
+  // A quick built-in with no effect but its reply (ping, plugin_list,
+  // op_process_list): run before anything is recorded, and recorded done
+  // together with its reply, in one write. Run again, should the node die
+  // before that write, it changes nothing.
+  bool pure = false;
 };
 using MethodTable = std::unordered_map<std::string, MethodEntry>;
 
@@ -366,9 +371,9 @@ struct Node::Impl {
   std::vector<Received> received_batch;
   std::vector<std::string> acked_ids;
   void record_received(std::vector<Received> batch);
-  // ACKs for what `batch` holds, but for those `replied` (their reply went
-  // out: that is their ACK).
-  void send_acks(const std::vector<Received>& batch, const std::vector<char>& replied);
+  // ACKs for what `batch` holds, but for those `unlisted` (their reply went
+  // out: that is their ACK; or they are to be sent again).
+  void send_acks(const std::vector<Received>& batch, const std::vector<char>& unlisted);
   // Replies taken off the bus (on the subscription's thread) name requests
   // of ours they answer: (request id, replying node). take_implied_acks()
   // ACKs those still outstanding and returns them.
@@ -463,8 +468,8 @@ struct Node::Impl {
   bool authorized_by_cause(Message& m, std::string* why);
   // The BOSUN_METHOD_* flags of a method here; 0 when there is none.
   uint32_t method_flags(const std::string& method) const;
-  // Whether `method` is a quick built-in (MethodEntry::quick).
-  bool is_quick(const std::string& method) const;
+  // Whether `method` is a quick built-in (MethodEntry::quick), and pure.
+  bool is_quick(const std::string& method, bool* pure = nullptr) const;
   // Central: hand the accepted keys to every accepted node (soon, once).
   void distribute_keys();
   std::unique_ptr<asio::steady_timer> key_set_timer;

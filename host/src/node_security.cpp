@@ -185,9 +185,10 @@ uint32_t Node::Impl::method_flags(const std::string& method) const {
   return it == table->end() ? 0 : it->second.flags;
 }
 
-bool Node::Impl::is_quick(const std::string& method) const {
+bool Node::Impl::is_quick(const std::string& method, bool* pure) const {
   std::lock_guard<std::mutex> lock(plugins_mu);
   auto it = table->find(method);
+  if (pure != nullptr) *pure = it != table->end() && it->second.pure;
   return it != table->end() && it->second.quick;
 }
 

@@ -489,6 +489,20 @@ std::optional<std::string> Store::get(Db db, std::string_view key) const {
   return get_in(txn.get(), dbis_[static_cast<size_t>(db)], dir_, db, key);
 }
 
+std::vector<char> Store::contains(Db db, const std::vector<std::string_view>& keys) const {
+  std::vector<char> out(keys.size(), 0);
+  if (keys.empty()) return out;
+  Txn txn(env_, MDB_RDONLY, dir_);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    check_key(dir_, db, keys[i]);
+    MDB_val k = to_val(keys[i]), v;
+    int rc = mdb_get(txn.get(), dbis_[static_cast<size_t>(db)], &k, &v);
+    if (rc != MDB_NOTFOUND) check(dir_, "get from", db, rc);
+    out[i] = rc == MDB_SUCCESS ? 1 : 0;
+  }
+  return out;
+}
+
 void Store::for_each(Db db, std::string_view prefix, const EntryVisitor& fn) const {
   Txn txn(env_, MDB_RDONLY, dir_);
   for_each_in(txn.get(), dbis_[static_cast<size_t>(db)], dir_, db, prefix, fn);

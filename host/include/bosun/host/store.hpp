@@ -117,6 +117,8 @@ class Store {
 
   std::optional<std::string> get(Db db, std::string_view key) const;
   void for_each(Db db, std::string_view prefix, const EntryVisitor& fn) const;
+  // Whether each of `keys` is in `db`, read in one transaction.
+  std::vector<char> contains(Db db, const std::vector<std::string_view>& keys) const;
 
   // KV scoped to a plugin.
   void kv_put(std::string_view plugin, std::string_view key, std::string_view value);
