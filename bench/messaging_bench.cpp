@@ -18,11 +18,20 @@
 //       run (the machines are shared and noisy);
 //   (c) the same with storage.sync "always";
 //   (d) the median fsync of the data folder's disk.
+// Each throughput phase also says what it cost per round trip: this
+// process's CPU (both nodes, or both raw connections, run in it) and the
+// NATS messages the broker took in (its /varz, on a monitoring port of its
+// own): steadier than requests/s on a shared machine.
 // Every phase is bounded in count and stops after kPhaseLimit whatever
 // happens. Human-readable lines first; the last line is one JSON object.
+#include <arpa/inet.h>
 #include <nats/nats.h>
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <bosun/host/audit.hpp>
 #include <bosun/host/config.hpp>
 #include <bosun/host/message.hpp>
@@ -59,7 +68,11 @@ constexpr int kBosunRoundTrips = 2000;
 constexpr int kWarmup = 100;
 constexpr int kInFlight = 64;
 constexpr int kRawRequests = 200000;
-constexpr int kBosunRequests = 40000;
+// BOSUN_BENCH_REQUESTS=N makes each bosun throughput phase N requests long
+// (for profiling one; the figures are taken with the default).
+const int kBosunRequests = getenv("BOSUN_BENCH_REQUESTS") != nullptr
+                               ? std::max(1000, atoi(getenv("BOSUN_BENCH_REQUESTS")))
+                               : 40000;
 // Node::submit blocks until the message is in the outbox, as it does for
 // the socket server's sessions; several submitters let writes group-commit.
 constexpr int kSubmitters = 4;
@@ -83,6 +96,8 @@ struct Throughput {
   uint64_t done = 0;
   uint64_t wanted = 0;
   double seconds = 0;
+  double cpu_us = -1;  // this process's CPU per round trip
+  double nats = -1;    // NATS messages per round trip, as the broker counted them
   double rps() const { return seconds > 0 ? static_cast<double>(done) / seconds : 0; }
 };
 
@@ -115,7 +130,14 @@ class Window {
       ++done_;
       last_ = Clock::now();
     }
-    cv_.notify_all();
+    // One slot is free: one submitter is enough to wake (waking all of them
+    // would charge the benchmark's own herd of wake-ups to the phase);
+    // drain() waits for the last.
+    if (outstanding_ == 0) {
+      cv_.notify_all();
+    } else {
+      cv_.notify_one();
+    }
   }
   // Waits until nothing is outstanding; false when `deadline` passed first.
   bool drain(Clock::time_point deadline) {
@@ -174,6 +196,65 @@ Throughput run_window(Window& window, int total, int threads, const std::functio
   window.drain(Clock::now() + kGrace);
   return out;
 }
+
+// nats-server's own count of messages in (its /varz on the monitoring
+// port): what a phase cost the broker, in messages per round trip.
+int g_monitor_port = 0;
+long long server_in_msgs() {
+  if (g_monitor_port == 0) return -1;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(g_monitor_port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string text;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const char req[] = "GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, req, sizeof req - 1) == static_cast<ssize_t>(sizeof req - 1)) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  size_t at = text.find("\"in_msgs\":");
+  if (at == std::string::npos) return -1;
+  return std::atoll(text.c_str() + at + 10);
+}
+
+// CPU time (user + system) of this process so far, in microseconds: both
+// bosun nodes run in it, so its growth over a phase is what their round
+// trips cost, whatever else the shared machine is doing.
+double process_cpu_us() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto us = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_usec);
+  };
+  return us(u.ru_utime) + us(u.ru_stime);
+}
+
+// What the broker and this process spent on a throughput phase, per round trip.
+struct PhaseCost {
+  long long msgs = -1;
+  double cpu_us = 0;
+  void begin() {
+    msgs = server_in_msgs();
+    cpu_us = process_cpu_us();
+  }
+  void end(Throughput& tp) const {
+    if (tp.done == 0) return;
+    const double n = static_cast<double>(tp.done);
+    tp.cpu_us = (process_cpu_us() - cpu_us) / n;
+    std::printf("  per round trip: %.1f us of this process's CPU", tp.cpu_us);
+    if (msgs >= 0) {
+      tp.nats = static_cast<double>(server_in_msgs() - msgs) / n;
+      std::printf(", %.2f NATS messages", tp.nats);
+    }
+    std::printf("\n");
+  }
+};
 
 // ----------------------------------------------------------- raw nats.c ---
 
@@ -265,11 +346,14 @@ void run_raw(const std::string& url, Latency& lat, Throughput& tp) {
   // a slow-consumer drop would stall the window.
   check(natsSubscription_SetPendingLimits(reply_sub.sub, -1, -1), "pending limits");
   std::atomic<uint64_t> n{0};
+  PhaseCost cost;
+  cost.begin();
   tp = run_window(window, kRawRequests, 1, [&] {
     std::string reply = prefix + std::to_string(n++);
     return natsConnection_PublishRequest(requester.nc, "bench.echo", reply.c_str(), payload.data(),
                                          len) == NATS_OK;
   });
+  cost.end(tp);
 }
 
 // ---------------------------------------------------------- bosun nodes ---
@@ -410,8 +494,11 @@ void run_bosun(const fs::path& root, const std::string& url, const std::string& 
 
   auto window = std::make_shared<Window>(kInFlight);
   auto many = std::make_shared<PingWaiter>(window);
+  PhaseCost cost;
+  cost.begin();
   tp = run_window(*window, kBosunRequests, kSubmitters,
                   [&] { return submit_ping(central.node(), many); });
+  cost.end(tp);
   if (!many->error().empty()) throw std::runtime_error(many->error());
   std::printf("  counters central %s\n  counters ship1   %s\n",
               central.node().counters().dump().c_str(), ship1.node().counters().dump().c_str());
@@ -498,7 +585,8 @@ int run(std::vector<std::string> phases) {
   auto want = [&](const char* p) {
     return std::find(phases.begin(), phases.end(), p) != phases.end();
   };
-  bosun::test::NatsServer server;
+  g_monitor_port = bosun::test::free_port();
+  bosun::test::NatsServer server("http: \"127.0.0.1:" + std::to_string(g_monitor_port) + "\"");
   bosun::test::TempDir root;
   std::printf("nats-server %s, data under %s\n", server.url().c_str(), root.path().c_str());
 
@@ -564,13 +652,15 @@ int run(std::vector<std::string> phases) {
       "\"rps_ratio\": %.3f, \"p50_ratio\": %.2f, \"unsigned_rps\": %.0f, "
       "\"unsigned_p50_us\": %.1f, \"security_rps_ratio\": %.3f, \"encrypted_rps\": %.0f, "
       "\"encrypted_p50_us\": %.1f, \"encrypted_rps_ratio\": %.3f, \"signatures_rps\": %.0f, "
-      "\"signatures_p50_us\": %.1f, \"signatures_rps_ratio\": %.3f}\n",
+      "\"signatures_p50_us\": %.1f, \"signatures_rps_ratio\": %.3f, \"raw_cpu_us\": %.1f, "
+      "\"bosun_cpu_us\": %.1f, \"bosun_nats_msgs\": %.2f}\n",
       raw_tp.rps(), bosun_tp.rps(), raw_lat.pct(0.5), bosun_lat.pct(0.5), raw_lat.pct(0.99),
       bosun_lat.pct(0.99), sync_tp.rps(), sync_lat.pct(0.5), fsync_us,
       ratio(bosun_tp.rps(), raw_tp.rps()), ratio(bosun_lat.pct(0.5), raw_lat.pct(0.5)),
       unsigned_tp.rps(), unsigned_lat.pct(0.5), ratio(bosun_tp.rps(), unsigned_tp.rps()),
       enc_tp.rps(), enc_lat.pct(0.5), ratio(enc_tp.rps(), unsigned_tp.rps()), sig_tp.rps(),
-      sig_lat.pct(0.5), ratio(sig_tp.rps(), unsigned_tp.rps()));
+      sig_lat.pct(0.5), ratio(sig_tp.rps(), unsigned_tp.rps()), raw_tp.cpu_us, bosun_tp.cpu_us,
+      bosun_tp.nats);
   return 0;
 }
 
