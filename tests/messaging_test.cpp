@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -492,6 +493,18 @@ TEST(Messaging, BadInputOnTheBusIsDroppedNakedAndLogged) {
   EXPECT_EQ(ship1.counter("dropped"), cases.size());
 }
 
+// central and ship1 of `h`, started, ship1 answering central's ping (keys
+// in place); `configure` edits ship1 before it starts.
+void start_central_and_ship1(ClusterHarness& h,
+                             const std::function<void(ClusterNode&)>& configure = {}) {
+  ClusterNode& central = h.add_node("central");
+  ClusterNode& ship1 = h.add_node("ship1");
+  if (configure) configure(ship1);
+  central.start();
+  ship1.start();
+  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+}
+
 // What one bus subscription saw: subject and envelope body of each NATS
 // message, in order.
 struct Seen {
@@ -516,11 +529,9 @@ struct Seen {
 // are refused whole.
 TEST(Messaging, ABatchIsTakenMessageByMessageAndItsRepliesLeaveTogether) {
   ClusterHarness h;
-  ClusterNode& central = h.add_node("central");
-  ClusterNode& ship1 = h.add_node("ship1");
-  central.start();
-  ship1.start();
-  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(start_central_and_ship1(h));
+  ClusterNode& central = h.node("central");
+  ClusterNode& ship1 = h.node("ship1");
 
   Seen replies, acks;  // before the bus: its callbacks fill them
   auto bus = h.connect_bus("observer");
@@ -595,11 +606,9 @@ TEST(Messaging, ABatchIsTakenMessageByMessageAndItsRepliesLeaveTogether) {
 // outbox write before it), and each is answered.
 TEST(Messaging, MessagesSentTogetherToOneNodeTravelAsOneBatch) {
   ClusterHarness h;
-  ClusterNode& central = h.add_node("central");
-  ClusterNode& ship1 = h.add_node("ship1");
-  central.start();
-  ship1.start();
-  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(start_central_and_ship1(h));
+  ClusterNode& central = h.node("central");
+  ClusterNode& ship1 = h.node("ship1");
 
   Seen requests;
   auto bus = h.connect_bus("observer");
@@ -623,12 +632,10 @@ TEST(Messaging, MessagesSentTogetherToOneNodeTravelAsOneBatch) {
 // (the batch's one answer names it); the others run.
 TEST(Messaging, AMessageOfABatchThatTheReceiverRefusesFailsAloneAndAtOnce) {
   ClusterHarness h;
-  ClusterNode& central = h.add_node("central");
-  ClusterNode& ship1 = h.add_node("ship1");
-  ship1.config()["host"]["maxMessageBytes"] = 4096;
-  central.start();
-  ship1.start();
-  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(start_central_and_ship1(
+      h, [](ClusterNode& ship1) { ship1.config()["host"]["maxMessageBytes"] = 4096; }));
+  ClusterNode& central = h.node("central");
+  ClusterNode& ship1 = h.node("ship1");
 
   json two = json::array({message("ship1", "ping"), message("ship1", "ping")});
   two[1]["data"] = std::string(5000, 'x');
@@ -655,11 +662,9 @@ TEST(Messaging, AMessageOfABatchThatTheReceiverRefusesFailsAloneAndAtOnce) {
 // is ACKed as any duplicate is, and not run again.
 TEST(Messaging, AQuickCallIsAckedByItsReply) {
   ClusterHarness h;
-  ClusterNode& central = h.add_node("central");
-  ClusterNode& ship1 = h.add_node("ship1");
-  central.start();
-  ship1.start();
-  ASSERT_EQ(final_replies(central.send(json::array({message("ship1", "ping")}))).size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(start_central_and_ship1(h));
+  ClusterNode& central = h.node("central");
+  ClusterNode& ship1 = h.node("ship1");
   ASSERT_TRUE(wait_until([&] { return !central.peer_key("ship1").value("rsa", "").empty(); }, 60s));
   std::this_thread::sleep_for(300ms);  // the key messages' ACKs home
 
