@@ -4,12 +4,15 @@
 // streaming, concurrency, reply methods, KV persistence and the audit log.
 #include "bosun/host/node.hpp"
 
+#include "bosun/host/audit.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "node_harness.hpp"
@@ -438,6 +441,56 @@ TEST_F(NodeTest, KvCounterPersistsAcrossARestart) {
   node_->stop();
   start();
   EXPECT_EQ(call(msg("count")).data, "3");
+}
+
+// Appends from several threads, past several buffer-fulls: every line
+// whole, each thread's lines in the order it appended them.
+TEST(AuditLog, LinesFromManyThreadsArriveWholeAndInOrder) {
+  test::TempDir dir;
+  const fs::path file = dir.path() / "audit.log";
+  constexpr int kThreads = 4;
+  constexpr int kLines = 3000;  // ~1 MiB in all: the 256 KiB buffer is swapped out often
+  {
+    AuditLog audit(file);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&audit, t] {
+        const std::string pad(60, 'a' + t);
+        for (int i = 0; i < kLines; ++i) {
+          audit.append("sent", json{{"thread", t}, {"n", i}, {"pad", pad}});
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  }  // closing writes out the rest
+  std::vector<int> next(kThreads, 0);
+  std::string text = test::read_file(file);
+  size_t pos = 0, lines = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    ASSERT_NE(end, std::string::npos) << "last line not ended";
+    json line = json::parse(text.substr(pos, end - pos), nullptr, false);
+    ASSERT_FALSE(line.is_discarded()) << "not JSON: " << text.substr(pos, end - pos);
+    ASSERT_EQ(line["kind"], "sent");
+    ASSERT_TRUE(line["t"].is_number_integer());
+    const int t = line["message"]["thread"];
+    ASSERT_EQ(line["message"]["n"], next[t]) << "thread " << t << " out of order";
+    ++next[t];
+    ++lines;
+    pos = end + 1;
+  }
+  EXPECT_EQ(lines, static_cast<size_t>(kThreads * kLines));
+}
+
+// A disk that takes no more (/dev/full): the lines are lost, said in the
+// node's log, and appending goes on without an exception.
+TEST(AuditLog, AFullDiskLosesLinesButNotTheNode) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full here";
+  AuditLog audit("/dev/full");
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_NO_THROW(audit.append("sent", json{{"n", i}, {"pad", std::string(100, 'x')}}));
+  }
+  EXPECT_NO_THROW(audit.flush());
 }
 
 TEST_F(NodeTest, AuditLogHoldsWholeMessages) {

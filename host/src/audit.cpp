@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include <cerrno>
-#include <cstdio>
+#include <charconv>
 #include <cstring>
 #include <stdexcept>
 
@@ -12,25 +14,25 @@
 
 namespace bosun::host {
 
-AuditLog::AuditLog(const std::filesystem::path& file) {
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (fd < 0) {
+namespace {
+// Lines are written out every 200 ms or when this much is buffered, in one
+// write(2): one per line cost as much as the rest of a message's handling.
+constexpr size_t kBufferBytes = size_t{1} << 18;
+}  // namespace
+
+AuditLog::AuditLog(const std::filesystem::path& file) : path_(file.string()) {
+  fd_ = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd_ < 0) {
     throw std::runtime_error("cannot open audit log " + file.string() + ": " +
                              std::strerror(errno));
   }
-  out_ = ::fdopen(fd, "a");
-  if (out_ == nullptr) {
-    const int err = errno;
-    ::close(fd);
-    throw std::runtime_error("cannot open audit log " + file.string() + ": " + std::strerror(err));
-  }
-  // Lines are written out every 200 ms (see append_text): a buffer that
-  // holds that many of them, not stdio's 4 KiB (a write(2) every ~16 lines).
-  std::setvbuf(out_, nullptr, _IOFBF, 1 << 18);
+  buf_.reserve(kBufferBytes + 4096);
+  spare_.reserve(kBufferBytes + 4096);
 }
 
 AuditLog::~AuditLog() {
-  if (out_ != nullptr) std::fclose(out_);
+  flush();
+  ::close(fd_);
 }
 
 void AuditLog::append(std::string_view kind, const nlohmann::json& message) {
@@ -38,31 +40,53 @@ void AuditLog::append(std::string_view kind, const nlohmann::json& message) {
 }
 
 void AuditLog::append_text(std::string_view kind, std::string_view message_json) {
-  std::string head = "{\"kind\":";
-  append_json_string(head, kind);
-  head += ",\"message\":";
-  char tail[48];
-  const int tail_len =
-      std::snprintf(tail, sizeof tail, ",\"t\":%lld}\n", static_cast<long long>(now_ms()));
-  // The line's pieces straight into the buffer (mu_ makes stdio's own lock
-  // redundant).
-  std::lock_guard<std::mutex> lock(mu_);
-  fwrite_unlocked(head.data(), 1, head.size(), out_);
-  fwrite_unlocked(message_json.data(), 1, message_json.size(), out_);
-  fwrite_unlocked(tail, 1, static_cast<size_t>(tail_len), out_);
-  // One write(2) per line cost as much as the rest of a message's handling;
-  // flush at most every 200 ms (and at close) instead.
-  auto now = std::chrono::steady_clock::now();
-  if (now - last_flush_ >= std::chrono::milliseconds(200)) {
-    std::fflush(out_);
+  char tail[40] = ",\"t\":";
+  auto [end, ec] = std::to_chars(tail + 5, tail + sizeof tail - 2, now_ms());
+  *end++ = '}';
+  *end++ = '\n';
+  const auto now = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mu_);
+  buf_ += "{\"kind\":";
+  append_json_string(buf_, kind);
+  buf_ += ",\"message\":";
+  buf_ += message_json;
+  buf_.append(tail, static_cast<size_t>(end - tail));
+  if (buf_.size() >= kBufferBytes || now - last_flush_ >= std::chrono::milliseconds(200)) {
     last_flush_ = now;
+    write_out(lock);
   }
 }
 
 void AuditLog::flush() {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::fflush(out_);
+  std::unique_lock<std::mutex> lock(mu_);
   last_flush_ = std::chrono::steady_clock::now();
+  write_out(lock);
+}
+
+void AuditLog::write_out(std::unique_lock<std::mutex>& lock) {
+  if (buf_.empty()) return;
+  std::unique_lock<std::mutex> writing(write_mu_);
+  spare_.clear();
+  buf_.swap(spare_);
+  lock.unlock();
+  size_t done = 0;
+  while (done < spare_.size()) {
+    ssize_t n = ::write(fd_, spare_.data() + done, spare_.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // Said once per stretch of failures (a full disk would say it for
+      // every block); the lines of this block are lost, the node goes on.
+      if (!failing_) {
+        spdlog::error("audit log {}: write failed ({}); {} bytes of audit lines lost", path_,
+                      n < 0 ? std::strerror(errno) : "no progress", spare_.size() - done);
+      }
+      failing_ = true;
+      return;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (failing_) spdlog::warn("audit log {}: writing again", path_);
+  failing_ = false;
 }
 
 }  // namespace bosun::host
