@@ -96,8 +96,9 @@ struct Throughput {
   uint64_t done = 0;
   uint64_t wanted = 0;
   double seconds = 0;
-  double cpu_us = -1;  // this process's CPU per round trip
-  double nats = -1;    // NATS messages per round trip, as the broker counted them
+  double cpu_us = -1;    // this process's CPU per round trip
+  double nats = -1;      // NATS messages per round trip, as the broker counted them
+  double switches = -1;  // this process's context switches per round trip
   double rps() const { return seconds > 0 ? static_cast<double>(done) / seconds : 0; }
 };
 
@@ -123,17 +124,25 @@ class Window {
     ++outstanding_;
     return true;
   }
+  // The Window outlives every release (the raw phase's is declared before
+  // its connections; a bosun phase's is shared with its waiter), so the
+  // wake-up can come after the unlock: the woken thread then does not wake
+  // into a mutex still held.
   void release(bool answered) {
-    std::lock_guard<std::mutex> lock(mu_);
-    --outstanding_;
-    if (answered) {
-      ++done_;
-      last_ = Clock::now();
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --outstanding_;
+      if (answered) {
+        ++done_;
+        last_ = Clock::now();
+      }
+      last = outstanding_ == 0;
     }
     // One slot is free: one submitter is enough to wake (waking all of them
     // would charge the benchmark's own herd of wake-ups to the phase);
     // drain() waits for the last.
-    if (outstanding_ == 0) {
+    if (last) {
       cv_.notify_all();
     } else {
       cv_.notify_one();
@@ -235,19 +244,30 @@ double process_cpu_us() {
   return us(u.ru_utime) + us(u.ru_stime);
 }
 
+// Context switches (voluntary + involuntary) of this process so far.
+double process_switches() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_nvcsw + u.ru_nivcsw);
+}
+
 // What the broker and this process spent on a throughput phase, per round trip.
 struct PhaseCost {
   long long msgs = -1;
   double cpu_us = 0;
+  double switches = 0;
   void begin() {
     msgs = server_in_msgs();
     cpu_us = process_cpu_us();
+    switches = process_switches();
   }
   void end(Throughput& tp) const {
     if (tp.done == 0) return;
     const double n = static_cast<double>(tp.done);
     tp.cpu_us = (process_cpu_us() - cpu_us) / n;
-    std::printf("  per round trip: %.1f us of this process's CPU", tp.cpu_us);
+    tp.switches = (process_switches() - switches) / n;
+    std::printf("  per round trip: %.1f us of this process's CPU, %.1f context switches", tp.cpu_us,
+                tp.switches);
     if (msgs >= 0) {
       tp.nats = static_cast<double>(server_in_msgs() - msgs) / n;
       std::printf(", %.2f NATS messages", tp.nats);
@@ -653,14 +673,15 @@ int run(std::vector<std::string> phases) {
       "\"unsigned_p50_us\": %.1f, \"security_rps_ratio\": %.3f, \"encrypted_rps\": %.0f, "
       "\"encrypted_p50_us\": %.1f, \"encrypted_rps_ratio\": %.3f, \"signatures_rps\": %.0f, "
       "\"signatures_p50_us\": %.1f, \"signatures_rps_ratio\": %.3f, \"raw_cpu_us\": %.1f, "
-      "\"bosun_cpu_us\": %.1f, \"bosun_nats_msgs\": %.2f}\n",
+      "\"bosun_cpu_us\": %.1f, \"bosun_nats_msgs\": %.2f, \"raw_switches\": %.1f, "
+      "\"bosun_switches\": %.1f}\n",
       raw_tp.rps(), bosun_tp.rps(), raw_lat.pct(0.5), bosun_lat.pct(0.5), raw_lat.pct(0.99),
       bosun_lat.pct(0.99), sync_tp.rps(), sync_lat.pct(0.5), fsync_us,
       ratio(bosun_tp.rps(), raw_tp.rps()), ratio(bosun_lat.pct(0.5), raw_lat.pct(0.5)),
       unsigned_tp.rps(), unsigned_lat.pct(0.5), ratio(bosun_tp.rps(), unsigned_tp.rps()),
       enc_tp.rps(), enc_lat.pct(0.5), ratio(enc_tp.rps(), unsigned_tp.rps()), sig_tp.rps(),
       sig_lat.pct(0.5), ratio(sig_tp.rps(), unsigned_tp.rps()), raw_tp.cpu_us, bosun_tp.cpu_us,
-      bosun_tp.nats);
+      bosun_tp.nats, raw_tp.switches, bosun_tp.switches);
   return 0;
 }
 
