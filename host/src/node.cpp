@@ -294,6 +294,7 @@ SubmitResult Node::Impl::submit(const nlohmann::json& batch, std::shared_ptr<Rep
   // What goes to other nodes is put in the outbox in one write and
   // published together (one NATS message per node and method).
   SendScope sends(this);
+  sends.count_as_submit();
   for (size_t i = 0; i < count; ++i) {
     std::string where = "message " + std::to_string(i);
     Message m;

@@ -303,8 +303,12 @@ struct Node::Impl {
   // everything queued, those for one subject together as one NATS message
   // carrying a JSON array (a "batch", at most kMaxBatchMessages and
   // kMaxBatchBytes), under one envelope. Threads that queue while another
-  // publishes return at once: that one sends theirs too. Nothing waits for
-  // company: a message alone goes alone, as it always did.
+  // publishes return at once: that one sends theirs too. A flush while
+  // other submits of this node are on their way (`submits_on_the_way`:
+  // begun, their messages not yet queued) first yields the CPU a few times
+  // (kJoinYields), so that theirs can join it: measured, that made the
+  // messaging benchmark's requests cheaper per round trip by about a
+  // seventh. Nothing else waits for company: a message alone goes alone.
   // A message due: its subject, text and signing are its Outgoing's; the
   // ACK comes on <ack_inbox>.<its id> (a batch's: its first one's).
   struct Publish {
@@ -313,6 +317,7 @@ struct Node::Impl {
   std::mutex publish_mu;
   std::vector<Publish> publish_queue;
   bool publishing = false;  // guarded by publish_mu
+  std::atomic<int> submits_on_the_way{0};
   void queue_publish(Publish p);
   void flush_publishes();
   void send_publishes(std::vector<Publish>& items);
@@ -328,6 +333,9 @@ struct Node::Impl {
     explicit SendScope(Impl* node);
     ~SendScope();
     std::pair<std::vector<std::string>, std::string> commit();
+    // This scope is a submit's: counted in submits_on_the_way until its
+    // messages are queued to publish (or it ends without).
+    void count_as_submit();
     SendScope(const SendScope&) = delete;
     SendScope& operator=(const SendScope&) = delete;
 
