@@ -99,6 +99,7 @@ struct Throughput {
   double cpu_us = -1;    // this process's CPU per round trip
   double nats = -1;      // NATS messages per round trip, as the broker counted them
   double switches = -1;  // this process's context switches per round trip
+  double in_flight = 0;  // outstanding on average over the phase
   double rps() const { return seconds > 0 ? static_cast<double>(done) / seconds : 0; }
 };
 
@@ -121,6 +122,7 @@ class Window {
   bool acquire(Clock::time_point deadline) {
     std::unique_lock<std::mutex> lock(mu_);
     if (!cv_.wait_until(lock, deadline, [&] { return outstanding_ < limit_; })) return false;
+    tally(Clock::now());
     ++outstanding_;
     return true;
   }
@@ -132,10 +134,12 @@ class Window {
     bool last;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      const auto now = Clock::now();
+      tally(now);
       --outstanding_;
       if (answered) {
         ++done_;
-        last_ = Clock::now();
+        last_ = now;
       }
       last = outstanding_ == 0;
     }
@@ -161,12 +165,27 @@ class Window {
     std::lock_guard<std::mutex> lock(mu_);
     return last_;
   }
+  // How many were outstanding on average, over time, so far: what the
+  // phase really kept in flight (at most the limit).
+  double mean_outstanding() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return area_ / std::max(1e-9, micros(changed_ - first_));
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
+  // With mu_ held, before outstanding_ changes at `now`.
+  void tally(Clock::time_point now) {
+    if (first_ == Clock::time_point{}) first_ = changed_ = now;
+    area_ += outstanding_ * micros(now - changed_);
+    changed_ = now;
+  }
+
   int limit_;
   int outstanding_ = 0;
+  double area_ = 0;  // outstanding x microseconds
+  Clock::time_point first_{}, changed_{};
   uint64_t done_ = 0;
   Clock::time_point last_{};
 };
@@ -197,6 +216,7 @@ Throughput run_window(Window& window, int total, int threads, const std::functio
   Throughput out;
   out.wanted = static_cast<uint64_t>(total);
   out.done = window.done();
+  out.in_flight = window.mean_outstanding();
   out.seconds =
       std::chrono::duration<double>((out.done == out.wanted ? window.last() : Clock::now()) - start)
           .count();
@@ -266,8 +286,10 @@ struct PhaseCost {
     const double n = static_cast<double>(tp.done);
     tp.cpu_us = (process_cpu_us() - cpu_us) / n;
     tp.switches = (process_switches() - switches) / n;
-    std::printf("  per round trip: %.1f us of this process's CPU, %.1f context switches", tp.cpu_us,
-                tp.switches);
+    std::printf(
+        "  per round trip: %.1f us of this process's CPU, %.1f context switches, %.1f in flight "
+        "on average",
+        tp.cpu_us, tp.switches, tp.in_flight);
     if (msgs >= 0) {
       tp.nats = static_cast<double>(server_in_msgs() - msgs) / n;
       std::printf(", %.2f NATS messages", tp.nats);
