@@ -160,6 +160,7 @@ std::string canonical_method(std::string_view name) {
       {"REQOpProcessStop", "op_process_stop"},
       {"REQPing", "ping"},
   };
+  if (name.substr(0, 3) != "REQ") return std::string(name);  // not a Steward name
   auto it = aliases.find(name);
   return std::string(it == aliases.end() ? name : it->second);
 }

@@ -4,6 +4,7 @@
 // strings, numbers, booleans. Anything else, and anything parse_message
 // would refuse, is left to the general way (json::parse + parse_message),
 // which also says what is wrong: so this never has to.
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -429,6 +430,9 @@ std::optional<std::vector<ReadMessage>> read_messages(std::string_view text, boo
   }
   r.eat('[');
   if (r.eat(']')) return std::nullopt;  // an empty batch: refused the general way
+  // Room for as many as the text could hold at ~100 bytes a message (up to
+  // the 64 a batch may have), so that they are not moved as the vector grows.
+  out.reserve(std::min<size_t>(64, text.size() / 100 + 1));
   do {
     out.emplace_back();
     r.peek('{');  // past the white space: the message starts here
