@@ -510,9 +510,15 @@ void start_central_and_ship1(ClusterHarness& h,
 struct Seen {
   std::mutex mu;
   std::vector<std::pair<std::string, std::string>> messages;
+  std::vector<std::string> reply_subjects;  // each one's NATS reply subject
   void add(const host::Incoming& in) {
     std::lock_guard<std::mutex> lock(mu);
     messages.emplace_back(in.subject, envelope_body(in.data));
+    reply_subjects.push_back(in.reply);
+  }
+  std::vector<std::string> replies_asked() {
+    std::lock_guard<std::mutex> lock(mu);
+    return reply_subjects;
   }
   std::vector<std::pair<std::string, std::string>> get() {
     std::lock_guard<std::mutex> lock(mu);
@@ -658,8 +664,10 @@ TEST(Messaging, AMessageOfABatchThatTheReceiverRefusesFailsAloneAndAtOnce) {
 
 // A quick built-in (ping) is answered right where it arrives, and its
 // reply is its ACK: no ACK message of its own. Its sender takes the reply
-// for the ACK (nothing resent, nothing left in its outbox); a resent copy
-// is ACKed as any duplicate is, and not run again.
+// for the ACK (nothing resent, nothing left in its outbox). A pure one's
+// reply is sent once and asks for no ACK (none comes): a resent copy of
+// the request is ACKed as any duplicate is, not run again, and answered
+// with the same reply again (the first may be what was lost).
 TEST(Messaging, AQuickCallIsAckedByItsReply) {
   ClusterHarness h;
   ASSERT_NO_FATAL_FAILURE(start_central_and_ship1(h));
@@ -668,9 +676,10 @@ TEST(Messaging, AQuickCallIsAckedByItsReply) {
   ASSERT_TRUE(wait_until([&] { return !central.peer_key("ship1").value("rsa", "").empty(); }, 60s));
   std::this_thread::sleep_for(300ms);  // the key messages' ACKs home
 
-  Seen central_acks, injected_acks, replies;
+  Seen central_acks, ship1_acks, injected_acks, replies;
   auto bus = h.connect_bus("observer");
   bus->subscribe("_INBOX.central.>", [&](host::Incoming&& in) { central_acks.add(in); });
+  bus->subscribe("_INBOX.ship1.>", [&](host::Incoming&& in) { ship1_acks.add(in); });
   const std::string inbox = "_INBOX.observer.acks";
   bus->subscribe(inbox + ".*", [&](host::Incoming&& in) { injected_acks.add(in); });
   bus->subscribe("bosun.req.central.none", [&](host::Incoming&& in) { replies.add(in); });
@@ -687,6 +696,10 @@ TEST(Messaging, AQuickCallIsAckedByItsReply) {
   EXPECT_EQ(c["retried"], c0["retried"]) << c.dump();
   EXPECT_TRUE(central_acks.get().empty())
       << "ship1 ACKed a ping it answered: " << central_acks.get()[0].second;
+  ASSERT_EQ(replies.get().size(), 1u);
+  EXPECT_EQ(replies.replies_asked()[0], "") << "the pong asked for an ACK";
+  EXPECT_TRUE(ship1_acks.get().empty()) << "central ACKed the pong: " << ship1_acks.get()[0].second;
+  EXPECT_EQ(ship1.counters()["retried"], 0) << ship1.counters().dump();
 
   // A ping injected as central's: no ACK, a reply; the same again: an ACK.
   const std::string subject = "bosun.req.ship1.ping";
@@ -701,8 +714,15 @@ TEST(Messaging, AQuickCallIsAckedByItsReply) {
   ASSERT_TRUE(bus->publish(subject, wire, inbox + "." + id));
   ASSERT_TRUE(wait_until([&] { return !injected_acks.get().empty(); }, 10s));
   EXPECT_EQ(injected_acks.get()[0], std::make_pair(inbox + "." + id, std::string("ACK")));
+  ASSERT_TRUE(wait_until([&] { return replies.get().size() > before + 1; }, 10s))
+      << "the resent copy got no reply";
   std::this_thread::sleep_for(300ms);
-  EXPECT_EQ(replies.get().size(), before + 1) << "the copy ran again";
+  auto seen = replies.get();
+  ASSERT_EQ(seen.size(), before + 2);
+  // The same reply both times: the same message, not a second run.
+  json first = json::parse(seen[before].second), again = json::parse(seen[before + 1].second);
+  EXPECT_EQ(first["inReplyTo"], id);
+  EXPECT_EQ(again, first);
   EXPECT_EQ(ship1.counter("duplicates"), 1u);
 }
 

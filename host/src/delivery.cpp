@@ -80,6 +80,11 @@ struct Node::Impl::SendBatch {
   // Commits what was sent into it to the outbox and publishes it; returns
   // the ids that could not be put in the outbox (with why), or nothing.
   std::pair<std::vector<std::string>, std::string> commit();
+  // The reply of a pure call recorded done in this batch (inbox_done).
+  bool pure_reply(const Item& item) const {
+    return item.msg.is_reply && !item.done_id.empty() &&
+           std::binary_search(inbox_done.begin(), inbox_done.end(), item.done_id);
+  }
   SendBatch(const SendBatch&) = delete;
   SendBatch& operator=(const SendBatch&) = delete;
 };
@@ -210,8 +215,19 @@ std::pair<std::vector<std::string>, std::string> Node::Impl::SendBatch::commit()
   if (items.empty()) return {};
   try {
     node->store->write([this](WriteTxn& t) {
-      for (const auto& id : inbox_done) Store::inbox_record_in(t, id, {}, kStateDone);
+      for (const auto& id : inbox_done) {
+        // A pure call keeps its reply, to answer a resent copy with it.
+        std::string_view reply;
+        for (const auto& item : items) {
+          if (item.msg.is_reply && item.done_id == id) {
+            reply = item.bytes;
+            break;
+          }
+        }
+        Store::inbox_record_answered_in(t, id, reply);
+      }
       for (const auto& item : items) {
+        if (pure_reply(item)) continue;  // kept above, sent once unACKed
         t.put(Db::outbox, item.msg.id, item.bytes);
         if (item.done_id.empty() ||
             std::binary_search(inbox_done.begin(), inbox_done.end(), item.done_id)) {
@@ -239,7 +255,11 @@ std::pair<std::vector<std::string>, std::string> Node::Impl::SendBatch::commit()
     for (auto& item : items) {
       node->counters.sent++;
       node->count_message(MessageEvent::sent, item.msg, item.msg.to_node);
-      node->publish_attempt(std::move(item.msg), std::move(item.bytes));
+      if (pure_reply(item)) {
+        node->publish_unacked(std::move(item.msg), std::move(item.bytes));
+      } else {
+        node->publish_attempt(std::move(item.msg), std::move(item.bytes));
+      }
     }
     uncount();  // queued: a flush need not wait for these (this one least)
     node->flush_publishes();
@@ -263,6 +283,20 @@ void Node::Impl::SendScope::count_as_submit() {
   if (batch_->counted) return;
   batch_->counted = true;
   batch_->node->submits_on_the_way.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Node::Impl::publish_unacked(Message m, std::string bytes) {
+  auto out = std::make_shared<Outgoing>();
+  try {
+    out->subject = request_subject(config.broker.subject_prefix, m.to_node, m.method);
+  } catch (const std::exception& e) {
+    spdlog::error("reply {} cannot be sent: {}", m.id, e.what());
+    return;
+  }
+  out->bytes = std::move(bytes);
+  out->msg = std::move(m);
+  out->unacked = true;
+  queue_publish(Publish{std::move(out)});
 }
 
 void Node::Impl::publish_attempt(Message m, std::string bytes) {
@@ -351,13 +385,16 @@ void Node::Impl::send_publishes(std::vector<Publish>& items) {
     size_t bytes = first.bytes.size();
     for (size_t j = i + 1; !first.sign && j < items.size(); ++j) {
       const Outgoing& next = *items[j].out;
-      if (sent[j] || next.sign || next.subject != first.subject) continue;
+      if (sent[j] || next.sign || next.subject != first.subject || next.unacked != first.unacked) {
+        continue;
+      }
       if (group.size() >= kMaxBatchMessages || bytes + next.bytes.size() > kMaxBatchBytes) break;
       sent[j] = 1;
       group.push_back(j);
       bytes += next.bytes.size() + 1;
     }
-    const std::string reply = ack_inbox + "." + first.msg.id;
+    // No ACK subject for unACKed replies: nobody answers them.
+    const std::string reply = first.unacked ? std::string() : ack_inbox + "." + first.msg.id;
     if (group.size() == 1) {
       t->publish(first.subject, seal_request(first.subject, first.bytes, first.sign), reply);
       continue;
@@ -866,6 +903,32 @@ void Node::Impl::record_received(std::vector<Received> batch) {
   }
   std::sort(sends.inbox_done.begin(), sends.inbox_done.end());
   const bool sent = sends.commit().first.empty();
+  // A resent copy of a pure call answered before: its reply may be what was
+  // lost (a pure call's reply is not ACKed; its request is resent instead),
+  // so the kept reply goes again, the same message (its receiver drops a
+  // second copy by its id). The copy is ACKed as well, as any duplicate.
+  bool resent_replies = false;
+  for (size_t i = 0; i < n; ++i) {
+    if (!pure[i] || fresh[i] || !batch[i].refusal.empty() || answered_here(i)) continue;
+    try {
+      auto kept = store->inbox_get(batch[i].msg.id);
+      if (!kept || kept->state != kStateDone || kept->bytes.empty()) continue;
+      Message reply;
+      bool is_batch = false;
+      if (auto read = read_messages(kept->bytes, &is_batch);
+          read && !is_batch && read->size() == 1) {
+        reply = std::move((*read)[0].msg);
+      } else {
+        reply = parse_message(nlohmann::json::parse(kept->bytes), "kept reply");
+      }
+      if (!reply.is_reply) continue;
+      publish_unacked(std::move(reply), std::move(kept->bytes));
+      resent_replies = true;
+    } catch (const std::exception& e) {
+      spdlog::error("message {}: cannot send its reply again: {}", batch[i].msg.id, e.what());
+    }
+  }
+  if (resent_replies) flush_publishes();
   std::vector<char> unlisted(n, 0);
   for (size_t i = 0; i < n; ++i) {
     unlisted[i] = quick[i] && fresh[i] && ((sent && answered_here(i)) || pure[i]);

@@ -55,6 +55,9 @@ struct Outgoing {
   bool sign = false;  // an Ed25519 signature, not a pair-key tag (BOSUN_METHOD_CARRIES)
   std::chrono::milliseconds ack_timeout{0};
   DeadlineQueue::Key ack_deadline = 0;  // guarded by outgoing_mu
+  // The reply of a pure call: published once, with no ACK asked for (the
+  // request, unACKed until a reply comes, is resent instead).
+  bool unacked = false;
 };
 
 struct Counters {
@@ -297,6 +300,8 @@ struct Node::Impl {
   int retries_of(const Message& m) const;
   bool send_remote(Message m, const std::string& done_id = {}, std::string text = {});
   void publish_attempt(Message m, std::string bytes);
+  // Queues the reply of a pure call to be published once, unACKed.
+  void publish_unacked(Message m, std::string bytes);
 
   // Publishing (delivery.cpp). A request or reply whose attempt is due goes
   // to `publish_queue`; whichever thread finds nobody publishing sends

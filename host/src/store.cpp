@@ -608,6 +608,13 @@ bool Store::inbox_record_in(WriteTxn& t, std::string_view id, std::string_view b
   return true;
 }
 
+bool Store::inbox_record_answered_in(WriteTxn& t, std::string_view id, std::string_view reply) {
+  check_id("inbox_record", id);
+  if (t.get(Db::inbox, id)) return false;
+  t.put(Db::inbox, id, encode_inbox(kInboxDone, now_ms(), reply));
+  return true;
+}
+
 InboxResult Store::inbox_record(std::string_view id, std::string_view bytes) {
   check_id("inbox_record", id);
   auto result = std::make_shared<InboxResult>();

@@ -84,7 +84,8 @@ struct InboxResult {
 struct InboxEntry {
   std::string state;
   int64_t updated_ms = 0;  // epoch ms of the last state change
-  std::string bytes;       // the message; empty once its state is "done"
+  std::string bytes;       // the message; empty once its state is "done", but
+                           // for a pure call recorded answered: its reply
 };
 
 using WriteFn = std::function<void(WriteTxn&)>;
@@ -139,6 +140,10 @@ class Store {
   // transaction): true when the id is new and was recorded (in `state`).
   static bool inbox_record_in(WriteTxn& t, std::string_view id, std::string_view bytes,
                               std::string_view state = "received");
+  // A pure call (no effect but its reply) recorded "done" on arrival with
+  // its reply kept, to answer a resent copy with the same reply: true when
+  // the id was new.
+  static bool inbox_record_answered_in(WriteTxn& t, std::string_view id, std::string_view reply);
   // The same inside a write of one's own.
   static void inbox_set_state_in(WriteTxn& t, std::string_view id, std::string_view state);
   void inbox_set_state(std::string_view id, std::string_view state);
