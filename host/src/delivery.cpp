@@ -913,14 +913,8 @@ void Node::Impl::record_received(std::vector<Received> batch) {
     try {
       auto kept = store->inbox_get(batch[i].msg.id);
       if (!kept || kept->state != kStateDone || kept->bytes.empty()) continue;
-      Message reply;
-      bool is_batch = false;
-      if (auto read = read_messages(kept->bytes, &is_batch);
-          read && !is_batch && read->size() == 1) {
-        reply = std::move((*read)[0].msg);
-      } else {
-        reply = parse_message(nlohmann::json::parse(kept->bytes), "kept reply");
-      }
+      // Read as the outbox is at start: rare, so the general way.
+      Message reply = parse_message(nlohmann::json::parse(kept->bytes), "kept reply");
       if (!reply.is_reply) continue;
       publish_unacked(std::move(reply), std::move(kept->bytes));
       resent_replies = true;
