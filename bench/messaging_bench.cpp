@@ -24,12 +24,9 @@
 // own): steadier than requests/s on a shared machine.
 // Every phase is bounded in count and stops after kPhaseLimit whatever
 // happens. Human-readable lines first; the last line is one JSON object.
-#include <arpa/inet.h>
 #include <nats/nats.h>
-#include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <bosun/host/audit.hpp>
@@ -231,22 +228,7 @@ Throughput run_window(Window& window, int total, int threads, const std::functio
 int g_monitor_port = 0;
 long long server_in_msgs() {
   if (g_monitor_port == 0) return -1;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(g_monitor_port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string text;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const char req[] = "GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::write(fd, req, sizeof req - 1) == static_cast<ssize_t>(sizeof req - 1)) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
+  const std::string text = bosun::test::http_get(g_monitor_port, "/varz");
   size_t at = text.find("\"in_msgs\":");
   if (at == std::string::npos) return -1;
   return std::atoll(text.c_str() + at + 10);

@@ -37,6 +37,10 @@ bool wait_until(const std::function<bool()>& pred,
                 std::chrono::milliseconds timeout = std::chrono::seconds(10),
                 std::chrono::milliseconds step = std::chrono::milliseconds(10));
 
+// GET `path` from 127.0.0.1:port over HTTP/1.0 (5 s timeouts, at most
+// 80 MB read): the body of a 200 answer, or "" for anything else.
+std::string http_get(int port, const std::string& path);
+
 // A child process (fork + exec), its stdout and stderr sent to files.
 class Process {
  public:
