@@ -7,10 +7,12 @@
 #include <openssl/kdf.h>
 #include <sys/stat.h>
 
+#include <array>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <span>
 #include <system_error>
 
 #include "bosun/host/message.hpp"
@@ -145,23 +147,59 @@ bool parse_envelope(std::string_view wire, Envelope& out, std::string* why) {
   return true;
 }
 
+namespace {
+
+// What a signature or pair-key tag covers, as its pieces in order: domain,
+// signer, time, subject, key id (encrypted only), each ended by a NUL, then
+// the body. envelope_signed_bytes joins them; a tag hashes them one by one
+// (a file copy's chunk is a quarter of a megabyte: not copied first).
+class SignedPieces {
+ public:
+  SignedPieces(std::string_view signer, int64_t signed_at_ms, std::string_view subject,
+               std::string_view body, std::string_view key_id, bool pair) {
+    const std::string_view nul("\0", 1);
+    auto r = std::to_chars(ts_, ts_ + sizeof ts_, signed_at_ms);
+    if (pair) {
+      add(key_id.empty() ? kDomainPair : kDomainPairEncrypted);
+    } else {
+      add(key_id.empty() ? kDomain : kDomainEncrypted);
+    }
+    add(nul);
+    add(signer);
+    add(nul);
+    add(std::string_view(ts_, static_cast<size_t>(r.ptr - ts_)));
+    add(nul);
+    add(subject);
+    add(nul);
+    if (!key_id.empty()) {
+      add(key_id);
+      add(nul);
+    }
+    add(body);
+  }
+  // Its pieces point into it (the time's text): not copied.
+  SignedPieces(const SignedPieces&) = delete;
+  SignedPieces& operator=(const SignedPieces&) = delete;
+  std::span<const std::string_view> pieces() const { return {pieces_.data(), n_}; }
+
+ private:
+  void add(std::string_view p) { pieces_[n_++] = p; }
+  char ts_[24];
+  std::array<std::string_view, 11> pieces_;
+  size_t n_ = 0;
+};
+
+}  // namespace
+
 std::string envelope_signed_bytes(std::string_view signer, int64_t signed_at_ms,
                                   std::string_view subject, std::string_view body,
                                   std::string_view key_id, bool pair) {
-  std::string ts = std::to_string(signed_at_ms);
+  SignedPieces signed_pieces(signer, signed_at_ms, subject, body, key_id, pair);
+  size_t size = 0;
+  for (std::string_view p : signed_pieces.pieces()) size += p.size();
   std::string out;
-  out.reserve(kDomainPairEncrypted.size() + signer.size() + ts.size() + subject.size() +
-              key_id.size() + body.size() + 5);
-  if (pair) {
-    out.append(key_id.empty() ? kDomainPair : kDomainPairEncrypted).push_back('\0');
-  } else {
-    out.append(key_id.empty() ? kDomain : kDomainEncrypted).push_back('\0');
-  }
-  out.append(signer).push_back('\0');
-  out.append(ts).push_back('\0');
-  out.append(subject).push_back('\0');
-  if (!key_id.empty()) out.append(key_id).push_back('\0');
-  out.append(body);
+  out.reserve(size);
+  for (std::string_view p : signed_pieces.pieces()) out.append(p);
   return out;
 }
 
@@ -198,18 +236,10 @@ struct Identity::PairCache {
 namespace {
 
 // The tag of an envelope under a pair key: HMAC-SHA256 of exactly
-// envelope_signed_bytes(..., pair = true), hashed piece by piece instead of
-// copied together first (a file copy's chunk is a quarter of a megabyte).
+// envelope_signed_bytes(..., pair = true), hashed piece by piece.
 std::string pair_tag(const HmacSha256& mac, std::string_view signer, int64_t signed_at_ms,
                      std::string_view subject, std::string_view body, std::string_view key_id) {
-  char ts[24];
-  auto r = std::to_chars(ts, ts + sizeof ts, signed_at_ms);
-  const std::string_view nul("\0", 1);
-  const std::string_view time(ts, static_cast<size_t>(r.ptr - ts));
-  if (key_id.empty())
-    return mac.tag({kDomainPair, nul, signer, nul, time, nul, subject, nul, body});
-  return mac.tag(
-      {kDomainPairEncrypted, nul, signer, nul, time, nul, subject, nul, key_id, nul, body});
+  return mac.tag(SignedPieces(signer, signed_at_ms, subject, body, key_id, true).pieces());
 }
 
 }  // namespace

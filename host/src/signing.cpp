@@ -121,7 +121,7 @@ HmacSha256::~HmacSha256() {
   OPENSSL_cleanse(state_.get(), sizeof(State));
 }
 
-std::string HmacSha256::tag(std::initializer_list<std::string_view> pieces) const {
+std::string HmacSha256::tag(std::span<const std::string_view> pieces) const {
   SHA256_CTX c = state_->inner;
   for (std::string_view p : pieces) SHA256_Update(&c, p.data(), p.size());
   unsigned char inner[SHA256_DIGEST_LENGTH];

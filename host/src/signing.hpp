@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <initializer_list>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -39,7 +40,10 @@ class HmacSha256 {
   HmacSha256(const HmacSha256&) = delete;
   HmacSha256& operator=(const HmacSha256&) = delete;
   // The raw 32-byte tag.
-  std::string tag(std::initializer_list<std::string_view> pieces) const;
+  std::string tag(std::span<const std::string_view> pieces) const;
+  std::string tag(std::initializer_list<std::string_view> pieces) const {
+    return tag(std::span<const std::string_view>(pieces.begin(), pieces.size()));
+  }
 
  private:
   struct State;
