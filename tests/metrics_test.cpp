@@ -227,5 +227,21 @@ TEST(Metrics, AnAddressInUseIsAStartupErrorNamingTheKey) {
   EXPECT_NE(error.find("127.0.0.1:" + std::to_string(port)), std::string::npos) << error;
 }
 
+// A node told to serve metrics without its metrics module does not start,
+// and says which file it looked for.
+TEST(Metrics, AMissingMetricsModuleIsAStartupErrorNamingTheFile) {
+  NodeSetup setup;
+  setup.doc()["metrics"]["listen"] = "127.0.0.1:" + std::to_string(free_port());
+  const fs::path missing = setup.root() / "nowhere" / "bosun-metrics.so";
+  fs::path config = setup.write_config();
+  std::string out;
+  int rc = run_command({"env", "BOSUN_METRICS_MODULE=" + missing.string(), BOSUN_BIN, "run",
+                        "--config", config.string()},
+                       &out, true, "", std::chrono::seconds(30));
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("metrics module cannot be loaded from " + missing.string()), std::string::npos)
+      << out;
+}
+
 }  // namespace
 }  // namespace bosun::test

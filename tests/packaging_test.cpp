@@ -27,6 +27,8 @@ TEST(Install, LaysOutBinaryModulesSdkConfigAndUnit) {
   fs::path bin = kPrefix / "bin/bosun";
   ASSERT_TRUE(fs::exists(bin));
   EXPECT_TRUE((fs::status(bin).permissions() & fs::perms::owner_exec) != fs::perms::none);
+  // Loaded by bin/bosun only when metrics.listen is set.
+  EXPECT_TRUE(fs::exists(kPrefix / "lib/bosun/bosun-metrics.so"));
   for (const auto& m : kModules) {
     fs::path so = kPrefix / "lib/bosun/plugins" / (m + ".so");
     EXPECT_TRUE(fs::exists(so)) << so;
@@ -86,6 +88,48 @@ TEST(Install, TheInstalledBinaryServesTheInstalledModules) {
     for (const auto& p : plugins) found = found || (p["name"] == m && p["state"] == want);
     EXPECT_TRUE(found) << m << " is not " << want << ": " << out;
   }
+}
+
+// The installed binary finds the installed metrics module beside it and
+// serves /metrics; without metrics.listen it does not map the module at all.
+TEST(Install, TheInstalledBinaryServesMetricsFromTheInstalledModule) {
+  const fs::path bin = kPrefix / "bin/bosun";
+  auto start = [&](NodeSetup& setup, const fs::path& log) {
+    setup.doc()["plugins"]["dir"] = (kPrefix / "lib/bosun/plugins").string();
+    fs::path config = setup.write_config();
+    auto node = std::make_unique<Process>(
+        std::vector<std::string>{bin.string(), "run", "--config", config.string()}, log);
+    bool up = wait_until(
+        [&] {
+          return !node->running() ||
+                 run_command({bin.string(), "plugins", "--config", config.string()}, nullptr, false,
+                             "", 10s) == 0;
+        },
+        30s, 100ms);
+    EXPECT_TRUE(up && node->running()) << read_file(log);
+    return node;
+  };
+  auto maps_module = [](pid_t pid) {
+    return read_file("/proc/" + std::to_string(pid) + "/maps").find("bosun-metrics.so") !=
+           std::string::npos;
+  };
+
+  NodeSetup plain;
+  auto quiet = start(plain, plain.root() / "run.log");
+  ASSERT_TRUE(quiet->running());
+  EXPECT_FALSE(maps_module(quiet->pid()));
+
+  NodeSetup setup;
+  int port = free_port();
+  setup.doc()["metrics"]["listen"] = "127.0.0.1:" + std::to_string(port);
+  fs::path log = setup.root() / "run.log";
+  auto node = start(setup, log);
+  ASSERT_TRUE(node->running()) << read_file(log);
+  EXPECT_TRUE(maps_module(node->pid()));
+  std::string body = http_get(port, "/metrics");
+  EXPECT_NE(body.find("bosun_messages_refused_total{reason=\"bad_json\"} 0"), std::string::npos)
+      << body;
+  EXPECT_NE(body.find("plugin=\"cli\""), std::string::npos) << body;
 }
 
 TEST(Install, SystemdUnitRunsBosunUnprivilegedInASandbox) {
