@@ -248,6 +248,27 @@ int run() {
   std::printf("idle Pss per ship (shared pages divided among the %zu processes): median %.0f KiB\n",
               nodes.size(), pss.pct(0.5));
 
+  // The floor of that figure: the shared libraries a node needs (nats.c,
+  // OpenSSL 3, the C++ runtime), connected and OpenSSL started, and nothing
+  // of bosun's (floor_probe.cpp), measured the same way.
+  long floor_rss = -1;
+  {
+    fs::path log = root.path() / "floor_probe.log";
+    bosun::test::Process probe({FLOOR_PROBE, server.url()}, log);
+    track(probe.pid());
+    auto t0 = Clock::now();
+    while (bosun::test::read_file(log).find("ready") == std::string::npos && probe.running() &&
+           Clock::now() - t0 < 10s)
+      std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(2s);
+    if (probe.running()) floor_rss = bench::status_kib(probe.pid(), "VmRSS");
+    untrack(probe.pid());
+  }
+  std::printf(
+      "floor: a process with only the shared libraries a node needs (nats.c connected, "
+      "OpenSSL 3 started, libstdc++): VmRSS %ld KiB; a ship's own share above it: %.0f KiB\n",
+      floor_rss, floor_rss > 0 ? rss.pct(0.5) - static_cast<double>(floor_rss) : -1.0);
+
   std::printf("%d rounds of each\n", kRounds);
   Samples ping_r, cli_r;
   for (int i = 0; i < kRounds; ++i) {
@@ -299,13 +320,13 @@ int run() {
       "\"ping_max_ms\": %.1f, \"cli_true_p50_ms\": %.1f, \"cli_true_max_ms\": %.1f, "
       "\"failed_rounds\": %d, \"idle_rss_median_kib\": %.0f, \"idle_rss_max_kib\": %.0f, "
       "\"idle_rss_anon_median_kib\": %.0f, \"idle_rss_file_median_kib\": %.0f, "
-      "\"idle_pss_median_kib\": %.0f, \"threads\": %ld, "
+      "\"idle_pss_median_kib\": %.0f, \"floor_rss_kib\": %ld, \"threads\": %ld, "
       "\"start_ready_p50_ms\": %.1f, \"start_serve_p50_ms\": %.1f, \"start_serve_max_ms\": %.1f, "
       "\"all_up_ms\": %.0f, \"ansible_ms\": %.0f, \"ansible_to_bosun_cli\": %.1f}\n",
       kShips, kRounds, ping_r.pct(0.5), ping_r.pct(1), cli_r.pct(0.5), cli_r.pct(1),
       ping_r.failed + cli_r.failed, rss.pct(0.5), rss.pct(1), anon.pct(0.5), file.pct(0.5),
-      pss.pct(0.5), threads, ready.pct(0.5), serve.pct(0.5), serve.pct(1), all_up_ms, ansible_ms,
-      ansible_ms > 0 && cli_r.pct(0.5) > 0 ? ansible_ms / cli_r.pct(0.5) : -1.0);
+      pss.pct(0.5), floor_rss, threads, ready.pct(0.5), serve.pct(0.5), serve.pct(1), all_up_ms,
+      ansible_ms, ansible_ms > 0 && cli_r.pct(0.5) > 0 ? ansible_ms / cli_r.pct(0.5) : -1.0);
   return ping_r.failed + cli_r.failed + serve.failed + bad == 0 ? 0 : 1;
 }
 

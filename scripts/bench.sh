@@ -67,6 +67,7 @@ goals = {
 notes = {
     "fleet": [("idle_pss_median_kib", "idle Pss (KiB) per node, shared library pages divided"),
               ("idle_rss_file_median_kib", "of VmRSS, file-backed (shared library) KiB"),
+              ("floor_rss_kib", "VmRSS (KiB) of a process with only nats.c, OpenSSL 3, libstdc++"),
               ("ansible_ms", "Ansible ad-hoc command true to 100 localhost aliases, ms"),
               ("ansible_to_bosun_cli", "Ansible time over bosun cli_command true p50")],
 }
