@@ -62,23 +62,34 @@ TEST(Install, ExampleConfigPassesConfigCheckAndNamesTheInstalledModules) {
   EXPECT_EQ(doc["node"]["dataDir"], "/var/lib/bosun");  // the unit's StateDirectory
 }
 
-TEST(Install, TheInstalledBinaryServesTheInstalledModules) {
-  NodeSetup setup;
+// Runs the installed binary on `setup` with the installed modules, and waits
+// (30 s at most) until `bosun plugins --json` answers: its output in *plugins.
+// The node is null when it stopped or never answered (the log says why).
+std::unique_ptr<Process> start_installed(NodeSetup& setup, const fs::path& log,
+                                         std::string* plugins) {
+  const std::string bin = (kPrefix / "bin/bosun").string();
   setup.doc()["plugins"]["dir"] = (kPrefix / "lib/bosun/plugins").string();
   fs::path config = setup.write_config();
-  fs::path log = setup.root() / "run.log";
-  Process node({(kPrefix / "bin/bosun").string(), "run", "--config", config.string()}, log);
-  std::string out;
+  auto node = std::make_unique<Process>(
+      std::vector<std::string>{bin, "run", "--config", config.string()}, log);
   bool listed = wait_until(
       [&] {
-        if (!node.running()) return true;
-        out.clear();
-        return run_command({(kPrefix / "bin/bosun").string(), "plugins", "--config",
-                            config.string(), "--json"},
-                           &out, false, "", 10s) == 0;
+        if (!node->running()) return true;
+        plugins->clear();
+        return run_command({bin, "plugins", "--config", config.string(), "--json"}, plugins, false,
+                           "", 10s) == 0;
       },
       30s, 100ms);
-  ASSERT_TRUE(listed && node.running()) << read_file(log);
+  if (!listed || !node->running()) return nullptr;
+  return node;
+}
+
+TEST(Install, TheInstalledBinaryServesTheInstalledModules) {
+  NodeSetup setup;
+  fs::path log = setup.root() / "run.log";
+  std::string out;
+  auto node = start_installed(setup, log, &out);
+  ASSERT_TRUE(node) << read_file(log);
   json plugins = json::parse(out, nullptr, false);
   ASSERT_TRUE(plugins.is_array()) << out;
   for (const auto& m : kModules) {
@@ -93,38 +104,23 @@ TEST(Install, TheInstalledBinaryServesTheInstalledModules) {
 // The installed binary finds the installed metrics module beside it and
 // serves /metrics; without metrics.listen it does not map the module at all.
 TEST(Install, TheInstalledBinaryServesMetricsFromTheInstalledModule) {
-  const fs::path bin = kPrefix / "bin/bosun";
-  auto start = [&](NodeSetup& setup, const fs::path& log) {
-    setup.doc()["plugins"]["dir"] = (kPrefix / "lib/bosun/plugins").string();
-    fs::path config = setup.write_config();
-    auto node = std::make_unique<Process>(
-        std::vector<std::string>{bin.string(), "run", "--config", config.string()}, log);
-    bool up = wait_until(
-        [&] {
-          return !node->running() ||
-                 run_command({bin.string(), "plugins", "--config", config.string()}, nullptr, false,
-                             "", 10s) == 0;
-        },
-        30s, 100ms);
-    EXPECT_TRUE(up && node->running()) << read_file(log);
-    return node;
-  };
   auto maps_module = [](pid_t pid) {
     return read_file("/proc/" + std::to_string(pid) + "/maps").find("bosun-metrics.so") !=
            std::string::npos;
   };
 
+  std::string out;
   NodeSetup plain;
-  auto quiet = start(plain, plain.root() / "run.log");
-  ASSERT_TRUE(quiet->running());
+  auto quiet = start_installed(plain, plain.root() / "run.log", &out);
+  ASSERT_TRUE(quiet) << read_file(plain.root() / "run.log");
   EXPECT_FALSE(maps_module(quiet->pid()));
 
   NodeSetup setup;
   int port = free_port();
   setup.doc()["metrics"]["listen"] = "127.0.0.1:" + std::to_string(port);
   fs::path log = setup.root() / "run.log";
-  auto node = start(setup, log);
-  ASSERT_TRUE(node->running()) << read_file(log);
+  auto node = start_installed(setup, log, &out);
+  ASSERT_TRUE(node) << read_file(log);
   EXPECT_TRUE(maps_module(node->pid()));
   std::string body = http_get(port, "/metrics");
   EXPECT_NE(body.find("bosun_messages_refused_total{reason=\"bad_json\"} 0"), std::string::npos)

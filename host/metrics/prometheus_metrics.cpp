@@ -84,7 +84,6 @@ class StateCollector : public prometheus::Collectable {
 };
 
 struct PromMetrics {
-  static constexpr size_t kMaxRows = Metrics::kMaxRows;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::shared_ptr<StateCollector> state;
 
@@ -115,9 +114,9 @@ struct PromMetrics {
     std::lock_guard<std::mutex> lock(rows_mu);
     if (auto it = rows.find(key); it != rows.end()) return it->second;
     std::string m(method), p(peer);
-    if (rows.size() >= kMaxRows) {
+    if (rows.size() >= Metrics::kMaxRows) {
       p = "other";
-      if (folded_rows >= kMaxRows) m = "other";
+      if (folded_rows >= Metrics::kMaxRows) m = "other";
       key = m + '\0' + p;
       if (auto it = rows.find(key); it != rows.end()) return it->second;
       ++folded_rows;
@@ -181,7 +180,7 @@ void observe_handler(PromMetrics& d, std::string_view method, double seconds) {
     std::lock_guard<std::mutex> lock(d.handlers_mu);
     auto it = d.handlers.find(key);
     if (it == d.handlers.end()) {
-      if (d.handlers.size() >= PromMetrics::kMaxRows) key = "other";
+      if (d.handlers.size() >= Metrics::kMaxRows) key = "other";
       it = d.handlers.find(key);
     }
     if (it == d.handlers.end()) {
@@ -267,9 +266,13 @@ void c_count_update(void* m, const char* plugin, size_t plugin_len, const char* 
 }
 
 size_t c_ports(void* m, int* out, size_t max) {
-  std::vector<int> ports = of(m).exposer->GetListeningPorts();
-  for (size_t i = 0; i < ports.size() && i < max; ++i) out[i] = ports[i];
-  return ports.size();
+  try {
+    std::vector<int> ports = of(m).exposer->GetListeningPorts();
+    for (size_t i = 0; i < ports.size() && i < max; ++i) out[i] = ports[i];
+    return ports.size();
+  } catch (...) {
+    return 0;
+  }
 }
 
 const bosun_metrics_api kApi = {

@@ -5,8 +5,6 @@
 #include "metrics.hpp"
 
 #include <dlfcn.h>
-#include <limits.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -27,10 +25,9 @@ namespace fs = std::filesystem;
 // `cmake --install` lays it out and as the build tree has it.
 fs::path module_path() {
   if (const char* env = std::getenv("BOSUN_METRICS_MODULE"); env && *env) return env;
-  std::array<char, PATH_MAX> exe{};
-  ssize_t n = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
-  fs::path bin = n > 0 ? fs::path(std::string(exe.data(), static_cast<size_t>(n))).parent_path()
-                       : fs::path(".");
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  fs::path bin = ec ? fs::path(".") : exe.parent_path();
   return bin.parent_path() / "lib" / "bosun" / "bosun-metrics.so";
 }
 
