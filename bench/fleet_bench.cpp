@@ -256,10 +256,9 @@ int run() {
     fs::path log = root.path() / "floor_probe.log";
     bosun::test::Process probe({FLOOR_PROBE, server.url()}, log);
     track(probe.pid());
-    auto t0 = Clock::now();
-    while (bosun::test::read_file(log).find("ready") == std::string::npos && probe.running() &&
-           Clock::now() - t0 < 10s)
-      std::this_thread::sleep_for(10ms);
+    bosun::test::wait_until([&] {
+      return !probe.running() || bosun::test::read_file(log).find("ready") != std::string::npos;
+    });
     std::this_thread::sleep_for(2s);
     if (probe.running()) floor_rss = bench::status_kib(probe.pid(), "VmRSS");
     untrack(probe.pid());
